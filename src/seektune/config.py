@@ -1,0 +1,216 @@
+"""Typed run configuration: one pydantic model that a YAML file maps onto one to one.
+
+Every key a user can write lives here, with its default and a one-line meaning. Unknown or
+misspelt keys are errors that name the dotted path and suggest the closest real key, because a
+silently ignored `lerning_rate` costs a whole training run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user (names the key and the file)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field("smollm2-135m-instruct", description="preset name, local HF folder or .gguf file")
+    task: Literal["causal_lm", "sequence_classification", "token_classification"] = "causal_lm"
+    trust_remote_code: bool = Field(False, description="run code shipped with the model folder (off unless you trust it)")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="weights dtype; keep float32 on CPU (bf16 matmuls are ~100x slower there)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "auto"] = "sdpa"
+    num_labels: int | None = Field(None, description="classification heads; read from data when unset")
+    tokenizer: str | None = Field(None, description="tokenizer folder when it differs from the model's")
+
+
+class AdapterConfig(_Section):
+    method: Literal["full", "freeze", "lora", "prefix"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (forced to 0 when routed experts are adapted)")
+    target_modules: str | list[str] = Field(
+        "auto", description="'auto' picks per architecture; 'all-linear' or a list of module names")
+    experts: bool = Field(True, description="MoE: put LoRA on fused routed experts (peft target_parameters)")
+    train_router: bool = Field(False, description="MoE: let the router `gate` train (frozen by default)")
+    trainable_layers: int = Field(2, ge=0, description="freeze: train only the last N transformer layers + head")
+    num_virtual_tokens: int = Field(16, ge=1, description="prefix tuning: virtual tokens per layer")
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description="training file (json, jsonl, csv, tsv, optionally .gz)")
+    eval: str | None = Field(None, description="evaluation file; when unset, `eval_ratio` of train is held out")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "qa"] = "auto"
+    template: str = Field("auto", description="auto | tokenizer | deepseek-v3 | deepseek-r1 | chatml")
+    system_prompt: str | None = Field(None, description="system message added to samples that have none")
+    max_length: int = Field(1024, ge=8)
+    packing: bool = Field(True, description="pack samples per row; attention never crosses samples")
+    eval_ratio: float = Field(0.05, ge=0, lt=1)
+    max_eval_samples: int | None = Field(200, ge=1)
+    max_samples: int | None = Field(None, ge=1, description="use only the first N training records")
+    cache: bool = Field(True, description="cache tokenised data on disk (keyed by data, tokenizer, template, length)")
+
+
+class TrainConfig(_Section):
+    stage: Literal["sft"] = "sft"
+    output_dir: str = "runs/default"
+    max_steps: int = Field(-1, description="stop after N optimizer steps; -1 means use epochs")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0, description="floor of the cosine decay")
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="used when warmup_steps is 0")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: at the end only)")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: at the end only)")
+    save_total_limit: int = Field(2, ge=1)
+    seed: int = 42
+    resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
+    gradient_checkpointing: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+# --------------------------------------------------------------------------------------------
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, path + "."))
+    return keys
+
+
+# names users bring from HF TrainingArguments / peft / other toolkits -> ours
+_ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "lr_scheduler", "lora_r": "r", "rank": "r", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "model_name_or_path": "name_or_path", "cutoff_len": "max_length",
+    "max_seq_length": "max_length", "output": "output_dir",
+}
+
+
+def _suggest(path: str) -> str:
+    known = _known_keys(Config)
+    parent = path.rsplit(".", 1)[0] if "." in path else ""
+    leaf0 = path.rsplit(".", 1)[-1]
+    alias = difflib.get_close_matches(leaf0, list(_ALIASES), n=1, cutoff=0.8)
+    if alias:
+        target = _ALIASES[alias[0]]
+        owners = [k for k in known if k.rsplit(".", 1)[-1] == target]
+        same = [k for k in owners if k.startswith(parent + ".")] if parent else []
+        if same or owners:
+            return (same or owners)[0]
+    siblings = [k for k in known if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+    leaf = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, [s.rsplit(".", 1)[-1] for s in siblings], n=1, cutoff=0.5)
+    if close:
+        return f"{parent + '.' if parent else ''}{close[0]}"
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    return close[0] if close else ""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            hint = _suggest(path)
+            msg = f"  {path}: unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+        else:
+            msg = f"  {path}: {e['msg']} (got {e.get('input')!r})"
+        lines.append(msg)
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.max_steps=20` -> (['train', 'max_steps'], 20). Values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"--set {item}: '{p}' is not a section")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or start from defaults), apply `--set` overrides, validate."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, train, ...)")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " (with --set overrides)"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None

@@ -1,0 +1,44 @@
+"""Batch collators: dynamic padding (pad to the longest row in the batch) and packed rows."""
+
+from __future__ import annotations
+
+import torch
+
+from .sft import IGNORE
+
+
+class PadCollator:
+    """Right-pads to the longest row of the batch (never to max_length), with an attention mask.
+
+    Packed rows (with `position_ids`) get no attention mask: transformers reads sample boundaries
+    from the restarting position ids; padding becomes its own segment and carries no loss.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad = pad_token_id
+        self.mult = pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        if self.mult:
+            n = -(-n // self.mult) * self.mult
+        packed = "position_ids" in rows[0]
+        ids = torch.full((len(rows), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+        out = {"input_ids": ids, "labels": labels}
+        if packed:
+            pos = torch.zeros((len(rows), n), dtype=torch.long)
+            out["position_ids"] = pos
+        else:
+            mask = torch.zeros((len(rows), n), dtype=torch.long)
+            out["attention_mask"] = mask
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            labels[i, :k] = torch.tensor(r["labels"])
+            if packed:
+                pos[i, :k] = torch.tensor(r["position_ids"])
+                pos[i, k:] = torch.arange(n - k)
+            else:
+                mask[i, :k] = 1
+        return out

@@ -1,0 +1,187 @@
+"""Make a model trainable the way the config asks: full, freeze, LoRA or prefix tuning.
+
+`target_modules: auto` chooses LoRA targets per architecture. For DeepSeek-V2/V3 (MLA + MoE):
+MLA projections as modules; dense-MLP and shared-expert projections, and the fused 3-D routed
+experts, as peft `target_parameters`. Why parameters for the dense/shared MLP too: peft 0.21
+rewrites any *module* target ending in gate_proj/up_proj/down_proj on DeepSeek into routed-expert
+targets (silently dropping the shared experts), both when wrapping and when reloading; parameter
+targets are left alone and round-trip through plain `PeftModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from .presets import ModelError
+
+MLA_ATTN = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+DENSE_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+DENSE_MLP = ("gate_proj", "up_proj", "down_proj")
+BERT_LINEAR = ("query", "key", "value", "dense")
+HEAD_NAMES = ("lm_head", "score", "classifier")
+DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
+
+
+class AdapterError(ValueError):
+    pass
+
+
+@dataclass
+class AdapterReport:
+    method: str
+    trainable: int
+    total: int
+    kinds: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        pct = 100.0 * self.trainable / max(1, self.total)
+        out = [f"adapter: {self.method}; trainable parameters {self.trainable:,} of {self.total:,} ({pct:.3f}%)"]
+        if self.kinds:
+            out.append("adapted module kinds: " + ", ".join(self.kinds))
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+
+def _linear_leaf_names(model: nn.Module) -> set[str]:
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _param_suffixes(model: nn.Module, candidates: list[str]) -> list[str]:
+    names = [n for n, _ in model.named_parameters()]
+    return [c for c in candidates if any(n.endswith("." + c) for n in names)]
+
+
+def auto_lora_targets(model: nn.Module, experts: bool = True, train_router: bool = False):
+    """Return (target_modules, target_parameters, notes) for this architecture."""
+    mtype = getattr(model.config, "model_type", "")
+    leaves = _linear_leaf_names(model)
+    notes: list[str] = []
+    if mtype in DEEPSEEK_TYPES:
+        modules = [n for n in MLA_ATTN if n in leaves]
+        mlp = [f"mlp.{p}.weight" for p in DENSE_MLP] + [f"mlp.shared_experts.{p}.weight" for p in DENSE_MLP]
+        params = _param_suffixes(model, mlp)
+        if experts:
+            params += _param_suffixes(model, ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+        if train_router:
+            notes.append("router gate trains fully (adapter.train_router: true)")
+        return modules, params, notes
+    if "query" in leaves and "value" in leaves:  # BERT-like encoders
+        return [n for n in BERT_LINEAR if n in leaves], [], notes
+    modules = [n for n in DENSE_ATTN + DENSE_MLP if n in leaves]
+    if len(modules) >= 2:
+        return modules, [], notes
+    return "all-linear", [], notes
+
+
+def _peft_task_type(task: str):
+    from peft import TaskType
+
+    return {"causal_lm": TaskType.CAUSAL_LM, "sequence_classification": TaskType.SEQ_CLS,
+            "token_classification": TaskType.TOKEN_CLS}[task]
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList | None:
+    best = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > 0 and (name.endswith("layers") or name.endswith("layer")
+                                                           or name.endswith(".h")):
+            if best is None or len(m) > len(best):
+                best = m
+    return best
+
+
+def _kinds(model: nn.Module) -> list[str]:
+    kinds = set()
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = n.split(".")
+        if "lora_A" in parts or "lora_B" in parts:
+            k = parts.index("lora_A") if "lora_A" in parts else parts.index("lora_B")
+            owner = [x for x in parts[:k] if x not in ("base_layer",)]
+            label = ".".join(owner[-2:]) if owner[-1] in ("experts",) or "shared_experts" in owner else owner[-1]
+            if "shared_experts" in owner:
+                label = "shared_experts." + owner[-1]
+            elif owner[-1] == "experts":
+                label = "experts (fused routed)"
+            kinds.add(label)
+        else:
+            kinds.add(parts[-2] if parts[-1] in ("weight", "bias") and len(parts) > 1 else parts[-1])
+    return sorted(kinds)
+
+
+def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
+    """Wrap or freeze the model in place; return (model, AdapterReport)."""
+    method = adapter_cfg.method
+    mtype = getattr(model.config, "model_type", "")
+    notes: list[str] = []
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif method == "freeze":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layers = _layer_list(model)
+        if layers is None:
+            raise AdapterError(f"adapter.method=freeze: cannot find the transformer layers of a {mtype} model")
+        n = min(adapter_cfg.trainable_layers, len(layers))
+        for layer in list(layers)[len(layers) - n:]:
+            for p in layer.parameters():
+                p.requires_grad_(True)
+        for name, mod in model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in HEAD_NAMES or leaf in ("norm", "final_layernorm", "ln_f", "pooler"):
+                for p in mod.parameters():
+                    p.requires_grad_(True)
+        if getattr(model.config, "tie_word_embeddings", False) and task == "causal_lm":
+            notes.append("lm_head is tied to the input embeddings, so the embeddings train too")
+        notes.append(f"training the last {n} of {len(layers)} layers and the head")
+    elif method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if adapter_cfg.target_modules == "auto":
+            modules, params, notes = auto_lora_targets(model, adapter_cfg.experts, adapter_cfg.train_router)
+        else:
+            modules, params = adapter_cfg.target_modules, []
+            if mtype in DEEPSEEK_TYPES and isinstance(modules, list) and any(
+                    m.split(".")[-1] in DENSE_MLP for m in modules):
+                notes.append("peft rewrites gate/up/down_proj module targets on DeepSeek into routed-expert "
+                             "targets; use target_modules: auto to adapt shared experts and dense MLP too")
+        dropout = adapter_cfg.dropout
+        if params and dropout > 0:
+            notes.append(f"lora dropout {dropout} -> 0 (peft target_parameters needs dropout 0)")
+            dropout = 0.0
+        modules_to_save = None
+        if adapter_cfg.train_router and mtype in DEEPSEEK_TYPES + ("qwen2_moe", "mixtral"):
+            modules_to_save = ["gate"]
+        try:
+            lcfg = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=dropout,
+                              target_modules=modules, target_parameters=params or None,
+                              task_type=_peft_task_type(task), modules_to_save=modules_to_save)
+            model = get_peft_model(model, lcfg)
+        except ValueError as e:
+            raise AdapterError(f"adapter.target_modules: LoRA cannot target {modules!r} on a {mtype} model: {e}") from None
+    elif method == "prefix":
+        from peft import PrefixTuningConfig, get_peft_model
+
+        if mtype in DEEPSEEK_TYPES:
+            raise AdapterError(
+                f"adapter.method=prefix is not supported for {mtype}: MLA caches a compressed latent, which "
+                "prefix key/values cannot extend. Use adapter.method: lora (or full/freeze).")
+        try:
+            model = get_peft_model(model, PrefixTuningConfig(task_type=_peft_task_type(task),
+                                                             num_virtual_tokens=adapter_cfg.num_virtual_tokens))
+        except Exception as e:
+            raise AdapterError(f"adapter.method=prefix failed for a {mtype} model: {e}") from None
+    else:
+        raise AdapterError(f"adapter.method: unknown method '{method}'")
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == 0:
+        raise AdapterError("no trainable parameters after applying the adapter; check adapter.* settings")
+    rep = AdapterReport(method, trainable, total, _kinds(model), notes)
+    return model, rep
