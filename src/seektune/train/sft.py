@@ -132,7 +132,7 @@ def _strip_meta(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k in ("input_ids", "labels", "position_ids")} for r in rows]
 
 
-def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True) -> dict:
+def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callbacks: list | None = None) -> dict:
     t0 = time.time()
     run_dir = Path(cfg.train.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True) -> di
     trainer = SeekTrainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
         data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
-        callbacks=[MetricsLogger(run_dir, counter), RichProgress(counter, enabled=show_progress)],
+        callbacks=[MetricsLogger(run_dir, counter), RichProgress(counter, enabled=show_progress), *(callbacks or [])],
         token_counter=counter, pad_token_id=tok.pad_token_id,
     )
     trainer.remove_callback(PrinterCallback)  # our MetricsLogger/RichProgress report instead
