@@ -61,6 +61,41 @@ class DataConfig(_Section):
     cache: bool = Field(True, description="cache tokenised data on disk (keyed by data, tokenizer, template, length)")
 
 
+class LayerwiseLR(_Section):
+    """Separate learning rates per part of the model (unset parts use train.lr)."""
+
+    embeddings: float | None = Field(None, gt=0, description="input embeddings (seeds: 1e-5)")
+    body: float | None = Field(None, gt=0, description="transformer layers (the top layer gets this rate)")
+    head: float | None = Field(None, gt=0, description="task head / lm_head (seeds: 1e-4)")
+    adapters: float | None = Field(None, gt=0, description="LoRA / prefix parameters (default: head, else lr)")
+    depth_decay: float = Field(1.0, gt=0, le=1, description="body rate x decay^(layers above): <1 = lower layers learn slower")
+
+
+class DropoutConfig(_Section):
+    """Dropout overrides written into the model config before loading (unset = the model's own)."""
+
+    attention: float | None = Field(None, ge=0, lt=1)
+    hidden: float | None = Field(None, ge=0, lt=1)
+    classifier: float | None = Field(None, ge=0, lt=1)
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("eval_loss", description="any eval metric: eval_loss, eval_accuracy, eval_f1, eval_rouge_l ...")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: min for *loss*/perplexity, max otherwise")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(True, description="load the best checkpoint at the end (final/ is the best)")
+
+
+class MonitorConfig(_Section):
+    grad_norm_band: tuple[float, float] | None = Field((0.1, 1.0), description="warn when grad norm leaves [low, high]")
+    max_nonfinite_in_a_row: int = Field(5, ge=1, description="stop after N NaN/inf losses in a row (each one is skipped)")
+    memory_share: float = Field(0.9, gt=0, le=1, description="warn when memory use passes this share of the machine")
+    moe_balance: bool = Field(True, description="log tokens per expert for MoE models")
+    moe_max_share: float = Field(0.5, gt=0, le=1, description="warn when one expert takes more than this share")
+    overfit_patience: int = Field(2, ge=1, description="evals with rising eval loss and falling train loss before warning")
+
+
 class TrainConfig(_Section):
     stage: Literal["sft"] = "sft"
     output_dir: str = "runs/default"
@@ -79,12 +114,15 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: at the end only)")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: at the end only)")
-    save_total_limit: int = Field(2, ge=1)
     seed: int = 42
-    resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
+    resume: bool | Literal["auto"] = Field(False, description="true/auto: continue from the newest complete checkpoint")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
     gradient_checkpointing: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    layerwise_lr: LayerwiseLR | None = None
+    dropout: DropoutConfig | None = None
+    early_stopping: EarlyStoppingConfig | None = None
+    keep_checkpoints: int = Field(2, ge=1, description="keep the last K checkpoints (plus the best)")
 
     @field_validator("output_dir")
     @classmethod
@@ -99,6 +137,7 @@ class Config(_Section):
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
