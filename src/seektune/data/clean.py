@@ -26,7 +26,7 @@ from .dedup import NearDupIndex, exact_key, minhash_values
 from .io import DataError, read_records
 from .progress import record_progress
 from .rules import TermNormaliser, is_garbled, is_no_answer, load_term_dict, mask_pii, normalise_unicode, normalise_whitespace
-from .views import KINDS, answer_texts, content_text, detect_kind, map_strings, required_fields
+from .views import KINDS, answer_texts, content_text, detect_kind, map_strings, missing_for_partial, required_fields
 
 
 class CleanOptions(BaseModel):
@@ -129,7 +129,8 @@ def process_record(item: tuple[dict, str]) -> dict:
     try:
         kind = detect_kind(data) if forced_kind == "auto" else forced_kind
     except DataError as e:
-        return {"data": data, "reject": ("unknown_format", str(e))}
+        partial = missing_for_partial(data)
+        return {"data": data, "reject": ("missing_field", partial) if partial else ("unknown_format", str(e))}
     missing = required_fields(kind, data)
     if missing:
         return {"data": data, "reject": ("missing_field", f"missing field(s) {', '.join(missing)} for a {kind} record")}

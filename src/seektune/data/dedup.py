@@ -24,13 +24,37 @@ def exact_key(text: str) -> bytes:
     return hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=16).digest()
 
 
-def shingles(text: str, n: int) -> set[bytes]:
-    t = _NON_WORD.sub("", text.lower())
+def _clean_for_shingles(text: str) -> str:
+    return _NON_WORD.sub("", text.lower())
+
+
+def shingles(text: str, n: int) -> set[str]:
+    """The character n-grams of lower-cased text without whitespace/punctuation (for reading and tests)."""
+    t = _clean_for_shingles(text)
     if not t:
         return set()
-    if len(t) <= n:
-        return {t.encode("utf-8")}
-    return {t[i:i + n].encode("utf-8") for i in range(len(t) - n + 1)}
+    return {t} if len(t) <= n else {t[i:i + n] for i in range(len(t) - n + 1)}
+
+
+_P = np.uint32(1000003)
+
+
+def shingle_hashes(text: str, n: int) -> np.ndarray:
+    """32-bit hashes of the distinct character n-grams, computed in numpy (no per-shingle Python call).
+
+    A polynomial hash over Unicode code points; datasketch's affine32 scheme pre-mixes every input
+    hash with the MurmurHash3 finalizer, so this simple hash is safe to feed to it.
+    """
+    t = _clean_for_shingles(text)
+    if not t:
+        return np.empty(0, dtype=np.uint32)
+    cps = np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32)
+    k = min(n, len(cps))
+    with np.errstate(over="ignore"):
+        h = np.zeros(len(cps) - k + 1, dtype=np.uint32)
+        for j in range(k):
+            h = h * _P + cps[j:len(cps) - k + 1 + j]
+    return np.unique(h)
 
 
 _SCHEME = "affine32"  # datasketch 2: uint32 signatures, collision-free permutations
@@ -45,18 +69,58 @@ def _permutations(num_perm: int, seed: int):
     return _PERMS[key]
 
 
-def as_minhash(sig: np.ndarray, seed: int = 1) -> MinHash:
-    return MinHash(hashvalues=sig, permutations=_permutations(len(sig), seed), seed=seed, scheme=_SCHEME)
+def _identity(x):
+    return x
+
+
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 
 
 def minhash_values(text: str, n: int = 5, num_perm: int = 128, seed: int = 1) -> np.ndarray | None:
-    """MinHash signature (uint32 array) of the text's character n-grams; None for text with no characters."""
-    sh = shingles(text, n)
-    if not sh:
+    """MinHash signature (uint32 array) of the text's character n-grams; None for text with no characters.
+
+    Equal, value for value, to datasketch `MinHash(scheme="affine32", hashfunc=identity).update_batch`
+    on the same n-gram hashes (a test checks it), without a Python call per n-gram: MurmurHash3
+    fmix32 pre-mix, then min over `a*h + b mod 2^32` for every permutation.
+    """
+    hv = shingle_hashes(text, n)
+    if not len(hv):
         return None
-    m = MinHash(num_perm=num_perm, seed=seed, permutations=_permutations(num_perm, seed), scheme=_SCHEME)
-    m.update_batch(list(sh))
+    a, b = _permutations(num_perm, seed)
+    s1, m1, s2, m2, s3 = _FMIX32
+    with np.errstate(over="ignore"):
+        hv = hv ^ (hv >> s1)
+        hv = hv * m1
+        hv = hv ^ (hv >> s2)
+        hv = hv * m2
+        hv = hv ^ (hv >> s3)
+        return (hv[:, None] * a + b).min(axis=0)
+
+
+def minhash_reference(text: str, n: int = 5, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """The same signature through datasketch's own `update_batch` (slower; for checking)."""
+    m = MinHash(num_perm=num_perm, seed=seed, permutations=_permutations(num_perm, seed), scheme=_SCHEME,
+                hashfunc=_identity)
+    m.update_batch(shingle_hashes(text, n).tolist())
     return m.hashvalues
+
+
+class Signature:
+    """The part of a MinHash that MinHashLSH reads (hashvalues, length, scheme), without the cost of
+    building a full MinHash object per query."""
+
+    __slots__ = ("hashvalues",)
+    scheme = _SCHEME
+
+    def __init__(self, hashvalues: np.ndarray):
+        self.hashvalues = hashvalues
+
+    def __len__(self) -> int:
+        return len(self.hashvalues)
+
+
+def as_minhash(sig: np.ndarray, seed: int = 1) -> Signature:
+    return Signature(sig)
 
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:

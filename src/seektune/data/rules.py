@@ -122,14 +122,20 @@ NO_ANSWER_PHRASES = (
     "i can't answer", "unknown", "-", "...", "?", "？",
 )
 _PUNCT_STRIP = re.compile(r"[\s\.,!?;:。，！？；：、…\-~～]+")
-_TEXT_CHAR = re.compile(r"[\w\u4e00-\u9fff\u3400-\u4dbf\s，。！？、；：“”‘’（）《》【】,.!?;:'\"()\[\]{}\-–—…%/+=*&#@$<>|~`^]")
+# letters, digits, CJK, whitespace and sentence punctuation; symbols (#@$^~|*…) and box drawing are not text
+_TEXT_CHAR = re.compile(r"[\w\u4e00-\u9fff\u3400-\u4dbf\s，。！？、；：“”‘’（）《》【】·,.!?;:'\"()\[\]\-–—…%/+=<>]")
 _MOJIBAKE = re.compile(r"Ã.|â€|Â.|锟斤拷|烫烫烫|屯屯屯|\ufffd")
+
+
+_NO_ANSWER_CORES = frozenset(_PUNCT_STRIP.sub("", p) for p in NO_ANSWER_PHRASES) - {""}
 
 
 def is_no_answer(answer: str) -> bool:
     """An answer that says nothing: a stock non-answer ("不知道", "N/A", "thanks") and nothing more."""
+    if len(answer) > 40:
+        return False
     core = _PUNCT_STRIP.sub("", answer.strip().lower())
-    return core == "" or any(core == _PUNCT_STRIP.sub("", p) for p in NO_ANSWER_PHRASES if _PUNCT_STRIP.sub("", p))
+    return core == "" or core in _NO_ANSWER_CORES
 
 
 def text_ratio(text: str) -> float:

@@ -47,6 +47,20 @@ def _first(d: dict, keys) -> str | None:
     return next((k for k in keys if k in d), None)
 
 
+def missing_for_partial(data: dict) -> str | None:
+    """When detection failed: name the field a half-complete record lacks (None if it matches nothing)."""
+    keys = set(data)
+    if "instruction" in keys and "output" not in keys:
+        return "missing field 'output' for an Alpaca record"
+    if any(k in keys for k in _QA_PROMPT_KEYS) and not any(k in keys for k in _QA_ANSWER_KEYS):
+        return f"missing an answer field (one of {', '.join(_QA_ANSWER_KEYS)})"
+    if any(k in keys for k in TEXT_KEYS) and not any(k in keys for k in LABEL_KEYS):
+        return f"missing a label field (one of {', '.join(LABEL_KEYS)}) for a classification row"
+    if "tokens" in keys:
+        return f"missing a tag field (one of {', '.join(NER_TAG_KEYS)}) for an NER record"
+    return None
+
+
 def required_fields(kind: str, data: dict) -> list[str]:
     """Fields a record of this kind must carry; names of the missing ones (empty list = complete)."""
     if kind == "qa":
