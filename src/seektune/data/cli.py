@@ -143,7 +143,7 @@ def register(data_app: typer.Typer) -> None:
                   ratios: str = typer.Option("8:1:1", help="train:validation:test"),
                   label: Optional[str] = typer.Option(None, help="field to stratify on"),
                   seed: int = typer.Option(42),
-                  near_threshold: Optional[float] = typer.Option(None, help="near duplicates share a split (0.8)"),
+                  near_threshold: Optional[float] = typer.Option(None, help="near duplicates share a split (0.7)"),
                   no_grouping: bool = typer.Option(False, "--no-grouping", help="do not group near duplicates"),
                   as_json: bool = typer.Option(False, "--json")):
         """Deterministic stratified split; near duplicates never straddle two splits."""

@@ -30,7 +30,7 @@ class SplitOptions(BaseModel):
     label: str | None = Field(None, description="field to stratify on (default: the label of classification rows)")
     seed: int = 42
     group_near_duplicates: bool = True
-    near_threshold: float = Field(0.8, gt=0, le=1)
+    near_threshold: float = Field(0.7, gt=0, le=1, description="lower than clean's: over-grouping is cheap, leaks are not")
     ngram: int = Field(5, ge=1)
     kind: str = "auto"
 
