@@ -168,10 +168,11 @@ class BackTranslator:
         return self.translate([pivot], self.opts.source_language)[0] if pivot else ""
 
 
-def augment_records(records, opts: AugmentOptions, stats: dict, show_progress: bool = True):
+def augment_records(records, opts: AugmentOptions, stats: dict, show_progress: bool = True,
+                    translator: BackTranslator | None = None):
     """Yield rows: each source record, then its augmented copies; fills `stats` with the counts."""
     eda = EDA(load_synonyms(opts.synonyms) if opts.synonyms else None, opts)
-    bt = BackTranslator(opts.back_translate, opts) if opts.back_translate else None
+    bt = translator or (BackTranslator(opts.back_translate, opts) if opts.back_translate else None)
     rng = random.Random(opts.seed)
     edits = any((opts.synonym_rate and opts.synonyms, opts.insert_rate and opts.synonyms, opts.swap_rate,
                  opts.delete_rate))
