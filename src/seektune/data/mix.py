@@ -33,6 +33,7 @@ def _as_messages(rec, origin: str, convert: bool, rejects: list) -> dict | None:
         rejects.append({"rule": "unknown_format", "reason": str(e), "source": rec.source, "line": rec.line,
                         "record": rec.data})
         return None
+    d.update({k: v for k, v in rec.data.items() if k.startswith("_")})  # keep _augmented/_upsampled marks
     d["_mix"] = origin
     return d
 

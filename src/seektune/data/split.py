@@ -37,9 +37,14 @@ class SplitOptions(BaseModel):
     @field_validator("ratios", mode="before")
     @classmethod
     def _parse(cls, v):
+        if isinstance(v, (int, float)):  # YAML 1.1 reads an unquoted 8:1:1 as the base-60 number 28861
+            raise ValueError(f"got the number {v}: write ratios as a list [8, 1, 1] or a quoted '8:1:1'")
         if isinstance(v, str):  # "8:1:1" or "0.8,0.1,0.1"
             v = [x for x in v.replace(",", ":").split(":") if x.strip()]
-        v = [float(x) for x in v]
+        try:
+            v = [float(x) for x in v]
+        except (TypeError, ValueError):
+            raise ValueError(f"ratios must be three numbers, got {v!r}") from None
         if len(v) != 3 or any(x < 0 for x in v) or sum(v) <= 0:
             raise ValueError("ratios need three non-negative weights, e.g. 8:1:1")
         return v
