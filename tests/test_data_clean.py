@@ -147,3 +147,13 @@ def test_real_medical_file_exact_counts(tmp_path):
 def test_fast_minhash_equals_datasketch():
     for text in (ANSWER, "The quick brown fox jumps over the lazy dog", "短"):
         assert (minhash_values(text) == minhash_reference(text)).all()
+
+
+def test_encoding_detection_survives_a_character_cut_by_the_sample(tmp_path):
+    """A UTF-8 Chinese file over the 1 MB sniff whose sample ends inside a character (an io.py bug)."""
+    from seektune.data.io import detect_encoding
+
+    p = tmp_path / "big.jsonl"
+    for pad in range(3):  # one of these offsets cuts a 3-byte character at the 1 MB and 1 MB - 8 marks
+        p.write_bytes(b"x" * pad + "长".encode("utf-8") * 400_000)
+        assert detect_encoding(p) == "utf-8"
