@@ -100,6 +100,15 @@ def test_rule_helpers():
     assert text.count("[PHONE]") == 2 and "1381234567890123" in text and fired == ["phone"]
 
 
+def test_gzip_output(tmp_path):
+    import gzip
+
+    src = _write(tmp_path / "in.jsonl", [{"question": "q", "answer": ANSWER}])
+    s = clean_file(src, tmp_path / "out.jsonl.gz", show_progress=False)
+    assert s["kept"] == 1 and json.loads(gzip.open(tmp_path / "out.jsonl.gz", "rt").readline())["answer"] == ANSWER
+    assert (tmp_path / "out.rejects.jsonl").exists()
+
+
 def test_workers_give_identical_output(tmp_path):
     rows = [{"question": f"问题{i % 7}", "answer": ANSWER[: 20 + i % 13] + str(i % 5)} for i in range(60)]
     s1, k1, r1 = _clean(tmp_path, rows, near_threshold=0.7)

@@ -144,3 +144,13 @@ def test_mix_ratio_and_markers(tmp_path):
     assert all("messages" in r for r in rows) and not s["with_replacement"]
     mix_files(dom, tmp_path / "mix2.jsonl", MixOptions(general=str(gen), ratio=0.1, seed=3))
     assert _read(tmp_path / "mix2.jsonl") == rows
+
+
+def test_split_sends_malformed_lines_to_rejects(tmp_path):
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"text": "fine row one", "label": "a"}\n{"text": oops}\n{"text": "fine row two", "label": "b"}\n',
+                   encoding="utf-8")
+    s = split_file(src, tmp_path / "s", SplitOptions())
+    rej = _read(tmp_path / "s" / "split.rejects.jsonl")
+    assert s["read"] == 3 and s["rejected"] == 1 and sum(s["counts"].values()) == 2
+    assert rej[0]["line"] == 2 and rej[0]["rule"] == "read_error" and "invalid JSON" in rej[0]["reason"]

@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="seektune: fine-tune local language models and DeepSeek models end to end.")
-data_app = typer.Typer(no_args_is_help=True, help="Data engineering: inspect, clean, balance, split, augment, mix.")
+data_app = typer.Typer(no_args_is_help=True, help="Data engineering: inspect, clean, split, balance, augment, mix, curriculum; run a data.pipeline.")
 app.add_typer(data_app, name="data")
 
 

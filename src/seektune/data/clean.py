@@ -12,6 +12,7 @@ so the output are identical for any worker count.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import multiprocessing as mp
@@ -169,7 +170,8 @@ def clean_file(in_path: str | Path, out_path: str | Path, opts: CleanOptions | N
         for rec in read_records(in_path, on_error="collect", errors=read_errors):
             yield rec, (rec.data, opts.kind)
 
-    with open(out_path, "w", encoding="utf-8") as fout, open(rej_path, "w", encoding="utf-8") as frej, \
+    opener = gzip.open if out_path.suffix == ".gz" else open  # big outputs can be compressed: OUT.jsonl.gz
+    with opener(out_path, "wt", encoding="utf-8") as fout, open(rej_path, "w", encoding="utf-8") as frej, \
             record_progress(f"clean {Path(in_path).name}", show_progress) as advance:
 
         def reject(rule: str, reason: str, source: str, line: int, data, **extra):

@@ -79,7 +79,7 @@ def register(data_app: typer.Typer) -> None:
             from ..models.loader import load_tokenizer
 
             tok = _guard(load_tokenizer, ModelConfig(name_or_path=tokenizer))
-        r = _guard(inspect_file, file, tok, label, png)
+        r = _guard(inspect_file, file, tok, label, png, show_progress=True)
         rows = [("records", r["records"]), ("malformed lines", r["malformed_lines"]), ("file type", r["file_type"]),
                 ("encoding", r["encoding"]), ("kinds", ", ".join(f"{k} {v:,}" for k, v in r["kinds"].items())),
                 ("exact duplicates", r["exact_duplicates"]),

@@ -15,6 +15,7 @@ from pathlib import Path
 from .common import distribution, read_all
 from .dedup import NearDupIndex, exact_key, minhash_values
 from .io import DataError, detect_encoding, file_kind
+from .progress import record_progress
 from .views import content_text, detect_kind, label_of
 
 
@@ -45,7 +46,7 @@ def text_histogram(xs: list[int], unit: str, bins: int = 12, width: int = 40) ->
 
 
 def inspect_file(path: str | Path, tokenizer=None, label: str | None = None, png: str | Path | None = None,
-                 near_sample: int = 20000, near_threshold: float = 0.8) -> dict:
+                 near_sample: int = 20000, near_threshold: float = 0.8, show_progress: bool = False) -> dict:
     path = Path(path)
     records, rejects = read_all(path)
     kinds, fields, labels = Counter(), Counter(), []
@@ -73,14 +74,16 @@ def inspect_file(path: str | Path, tokenizer=None, label: str | None = None, png
     near_hits = 0
     seen = set()
     sample = texts[:near_sample]
-    for i, t in enumerate(sample):
-        k = exact_key(t)
-        if k in seen:
-            continue
-        seen.add(k)
-        sig = minhash_values(t)
-        if sig is not None and near.check_add(str(i), sig) is not None:
-            near_hits += 1
+    with record_progress("near-duplicate estimate", show_progress, total=len(sample)) as advance:
+        for i, t in enumerate(sample):
+            advance()
+            k = exact_key(t)
+            if k in seen:
+                continue
+            seen.add(k)
+            sig = minhash_values(t)
+            if sig is not None and near.check_add(str(i), sig) is not None:
+                near_hits += 1
     n = len(records)
     report = {
         "file": str(path), "file_type": file_kind(path), "encoding": detect_encoding(path),
