@@ -100,3 +100,18 @@ def test_cli_data_run(tmp_path):
     r = CliRunner().invoke(app, ["data", "run", str(y), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "01_clean.jsonl" in r.output and (tmp_path / "o" / "01_clean.rejects.jsonl").exists()
+
+
+def test_automatic_eval_holdout_never_takes_augmented_records_or_their_sources(tmp_path):
+    from seektune.data.augment import AugmentOptions, augment_file
+    from seektune.data.sft import _train_only, _convert
+    from seektune.data.common import read_all
+
+    src = _write(tmp_path / "d.jsonl", [{"question": f"how to treat case {i} today", "answer": f"rest and water {i}"}
+                                        for i in range(20)])
+    augment_file(src, tmp_path / "a.jsonl", AugmentOptions(swap_rate=0.3), show_progress=False)
+    rows = [json.loads(l) for l in open(tmp_path / "a.jsonl", encoding="utf-8")][:20]  # 10 sources + 10 copies
+    rows += [{"question": f"unrelated {i}", "answer": f"plain {i}"} for i in range(10)]
+    recs, _ = read_all(_write(tmp_path / "mixed.jsonl", rows))
+    keep = _train_only(_convert(recs, "auto", None, []))
+    assert keep == set(range(20))  # copies and their sources; the 10 unrelated records may be held out
