@@ -145,7 +145,7 @@ def test_real_medical_file_exact_counts(tmp_path):
     src = SHARED / "sft" / "medical_dialogue_zh_internal.gb18030.csv"
     if not src.exists():
         pytest.skip("../shared/data not present")
-    s = clean_file(src, tmp_path / "med.jsonl", CleanOptions(near_threshold=0.7), show_progress=False)
+    s = clean_file(src, tmp_path / "med.jsonl", CleanOptions(near_threshold=0.7, num_perm=64), show_progress=False)
     assert s["read"] == 7644 and s["kept"] + s["rejected"] == 7644
     assert s["rejected_by_rule"]["exact_duplicate"] == 396
     assert s["rejected_by_rule"]["near_duplicate"] > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -17,7 +16,7 @@ def record_progress(label: str, enabled: bool = True, total: int | None = None):
         yield lambda n=1: None
         return
     cols = [SpinnerColumn(), TextColumn(f"{label}")]
-    cols += [BarColumn(), MofNCompleteColumn()] if total else [TextColumn("{task.completed:,} records")]
+    cols += [BarColumn(), MofNCompleteColumn()] if total else [TextColumn("{task.completed:,.0f} records")]
     cols += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]  # rich's speed is None at first
     with Progress(*cols, console=console, transient=True) as p:
         task = p.add_task(label, total=total, rate="")
@@ -32,7 +31,3 @@ def record_progress(label: str, enabled: bool = True, total: int | None = None):
             p.advance(task, n)
 
         yield advance
-
-
-def file_size_mb(path: str | Path) -> float:
-    return Path(path).stat().st_size / 1e6

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .formats import _QA_ANSWER_KEYS, _QA_PROMPT_KEYS, detect_format
-from .io import DataError, Record
+from .io import DataError
 
 TEXT_KEYS = ("text", "sentence", "review", "content", "document", "comment")
 LABEL_KEYS = ("label", "labels", "category", "class", "sentiment")
@@ -173,7 +173,3 @@ def map_prompts(data: dict, kind: str, fn: Callable[[str], str]) -> dict:
                                 and str(t.get("from", "")).lower() in ("human", "user") else t
                                 for t in data.get("conversations") or []]
     return out
-
-
-def where(rec: Record) -> str:
-    return f"{rec.source}:{rec.line}"
