@@ -88,9 +88,10 @@ def test_back_translation_mechanics(tiny_lm, tmp_path):
 
     model, tok = tiny_lm
     opts = AugmentOptions(back_translate="tiny-qwen2", max_new_tokens=3)
-    bt = BackTranslator.__new__(BackTranslator)
-    bt.model, bt.tok, bt.opts = model, tok, opts
+    bt = BackTranslator.__new__(BackTranslator)  # reuse the loaded model instead of loading it again
     tok.padding_side = "left"
+    bt.opts, bt.forward = opts, (model, tok, False)
+    bt.back = bt.forward
     out1 = bt.translate(["你好，医生", "头疼怎么办呢"], "English")  # a batch with left padding
     assert out1[1] == bt.translate(["头疼怎么办呢"], "English")[0] and len(out1) == 2  # greedy, padding-proof
     recs, _ = read_all(_write(tmp_path / "d.jsonl", [{"question": "头疼怎么办？", "answer": "多休息。"}]))
@@ -158,3 +159,31 @@ def test_inspect_ner_and_tokens(tmp_path, tiny_lm):
     src = _write(tmp_path / "ner.jsonl", [{"tokens": ["Paris", "is", "big"], "tags": ["B-LOC", "O", "O"]}] * 2)
     r = inspect_file(src, tokenizer=tok)
     assert r["kinds"] == {"ner": 2} and r["exact_duplicates"] == 1 and r["tokens"]["max"] >= 3
+
+
+def test_back_translation_with_one_direction_seq2seq_models(tmp_path):
+    """Marian-style translation models: one encoder-decoder per direction (random tiny T5s with a
+    character-level tokenizer here: the mechanics, not the quality)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    from seektune.data.augment import BackTranslator
+
+    chars = sorted(set("头疼怎么办 headache what to do"))
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    for name in ("fwd", "back"):
+        cfg = T5Config(vocab_size=len(vocab), d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2,
+                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    with pytest.raises(DataError, match="one-direction"):
+        BackTranslator(str(tmp_path / "fwd"), AugmentOptions(back_translate=str(tmp_path / "fwd")))
+    opts = AugmentOptions(back_translate=str(tmp_path / "fwd"), back_translate_return=str(tmp_path / "back"),
+                          max_new_tokens=4)
+    bt = BackTranslator(opts.back_translate, opts)
+    assert bt.forward[2] and bt.back[0] is not bt.forward[0]
+    out = bt("头疼怎么办")
+    assert isinstance(out, str) and out == bt("头疼怎么办")  # greedy: reproducible

@@ -34,6 +34,8 @@ class AugmentOptions(BaseModel):
     delete_rate: float = Field(0.0, ge=0, le=1, description="probability of deleting each word")
     copies: int = Field(1, ge=1, le=100, description="augmented copies per record")
     back_translate: str | None = Field(None, description="local model (preset or HF folder) for back-translation")
+    back_translate_return: str | None = Field(
+        None, description="one-direction translation models only: the model translating the pivot back")
     pivot: str = Field("English", description="pivot language for back-translation")
     source_language: str = Field("Chinese", description="language of the data")
     max_new_tokens: int = Field(128, ge=1)
@@ -134,38 +136,72 @@ class EDA:
 
 
 class BackTranslator:
-    """Translate to a pivot language and back with a local causal LM (greedy, so reproducible)."""
+    """Translate to a pivot language and back (greedy decoding, so reproducible).
+
+    Two kinds of local model work: an instruction/causal LM (one model, asked to translate each
+    way), or one-direction translation models (encoder-decoder, Marian style): `back_translate`
+    translates into the pivot and `back_translate_return` translates back.
+    """
 
     def __init__(self, model_name: str, opts: AugmentOptions):
-        from ..config import ModelConfig
-        from ..models.loader import load_model
-
-        self.model, self.tok, _ = load_model(ModelConfig(name_or_path=model_name), log=lambda *_: None)
-        self.model.eval()
-        self.tok.padding_side = "left"
         self.opts = opts
+        self.forward = _load_translator(model_name)
+        if self.forward[2]:  # encoder-decoder: a fixed direction per model
+            if not opts.back_translate_return:
+                raise DataError(f"{model_name} is a one-direction translation model: also give "
+                                "back_translate_return (the model translating the pivot back)")
+            self.back = _load_translator(opts.back_translate_return)
+        else:
+            self.back = self.forward
+        self.model, self.tok = self.forward[0], self.forward[1]  # kept for callers that inspect them
 
-    def _prompt(self, text: str, lang: str) -> str:
+    @staticmethod
+    def _prompt(tok, text: str, lang: str) -> str:
         ask = f"Translate the following text into {lang}. Reply with the translation only.\n\n{text}"
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template([{"role": "user", "content": ask}], tokenize=False,
-                                                add_generation_prompt=True)
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template([{"role": "user", "content": ask}], tokenize=False,
+                                           add_generation_prompt=True)
         return f"{ask}\n\n{lang}:"
 
-    def translate(self, texts: list[str], lang: str) -> list[str]:
+    def translate(self, texts: list[str], lang: str, which=None) -> list[str]:
         import torch
 
-        enc = self.tok([self._prompt(t, lang) for t in texts], return_tensors="pt", padding=True,
-                       add_special_tokens=False)
+        model, tok, seq2seq = which or self.forward
+        inputs = texts if seq2seq else [self._prompt(tok, t, lang) for t in texts]
+        enc = tok(inputs, return_tensors="pt", padding=True, truncation=seq2seq,
+                  **({} if seq2seq else {"add_special_tokens": False}))
         with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=self.opts.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tok.pad_token_id)
-        gen = out[:, enc["input_ids"].shape[1]:]
-        return [s.strip() for s in self.tok.batch_decode(gen, skip_special_tokens=True)]
+            out = model.generate(**enc, max_new_tokens=self.opts.max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        gen = out if seq2seq else out[:, enc["input_ids"].shape[1]:]  # a causal LM echoes its prompt
+        return [x.strip() for x in tok.batch_decode(gen, skip_special_tokens=True)]
 
     def __call__(self, text: str) -> str:
-        pivot = self.translate([text], self.opts.pivot)[0]
-        return self.translate([pivot], self.opts.source_language)[0] if pivot else ""
+        pivot = self.translate([text], self.opts.pivot, self.forward)[0]
+        return self.translate([pivot], self.opts.source_language, self.back)[0] if pivot else ""
+
+
+def _load_translator(name: str):
+    """(model, tokenizer, is_encoder_decoder) for a preset, HF folder or GGUF file."""
+    from ..config import ModelConfig
+    from ..models.loader import load_model, load_tokenizer
+    from ..models.presets import ModelError, resolve_model_path
+
+    path = resolve_model_path(name, log=lambda *_: None)
+    if not path.endswith(".gguf"):
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+        try:
+            is_s2s = bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot read a model config from {path}: {e}") from None
+        if is_s2s:
+            tok = load_tokenizer(ModelConfig(name_or_path=name), path)
+            model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype="float32").eval()
+            return model, tok, True
+    model, tok, _ = load_model(ModelConfig(name_or_path=name), log=lambda *_: None)
+    tok.padding_side = "left"  # generation continues on the right
+    return model.eval(), tok, False
 
 
 def augment_records(records, opts: AugmentOptions, stats: dict, show_progress: bool = True,

@@ -204,6 +204,8 @@ def register(data_app: typer.Typer) -> None:
                     delete_rate: Optional[float] = typer.Option(None),
                     copies: Optional[int] = typer.Option(None, help="augmented copies per record (1)"),
                     back_translate: Optional[str] = typer.Option(None, help="local model (preset or folder)"),
+                    back_translate_return: Optional[str] = typer.Option(
+                        None, help="one-direction translation models: the model translating back"),
                     pivot: Optional[str] = typer.Option(None, help="pivot language (English)"),
                     source_language: Optional[str] = typer.Option(None, help="language of the data (Chinese)"),
                     seed: int = typer.Option(42),
@@ -214,6 +216,7 @@ def register(data_app: typer.Typer) -> None:
 
         opts = _options(AugmentOptions, synonyms=synonyms, synonym_rate=synonym_rate, insert_rate=insert_rate,
                         swap_rate=swap_rate, delete_rate=delete_rate, copies=copies, back_translate=back_translate,
+                        back_translate_return=back_translate_return,
                         pivot=pivot, source_language=source_language, seed=seed)
         s = _guard(augment_file, inp, out, opts, not no_progress)
         _table(f"augment {inp} -> {out}", [("source records", s["source"]), ("augmented copies", s["augmented"]),
