@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="seektune: fine-tune local language models and DeepSeek models end to end.")
-data_app = typer.Typer(no_args_is_help=True, help="Data engineering: inspect, clean, balance, split, augment, mix.")
+data_app = typer.Typer(no_args_is_help=True, help="Data engineering: inspect, clean, split, balance, augment, mix, curriculum; run a data.pipeline.")
 app.add_typer(data_app, name="data")
 
 
@@ -60,6 +60,11 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
 
     try:
         cfg = load_config(config, set_ or [])
+        if cfg.data.pipeline:  # data steps first; the run then trains on their output
+            from .data.pipeline import run_pipeline
+            from .utils.console import log
+
+            cfg = run_pipeline(cfg, Path(cfg.train.output_dir) / "data", show_progress=not no_progress, log=log)
         if cfg.model.task != "causal_lm":
             _not_yet(f"train with model.task={cfg.model.task}", 5)
         from .train.sft import run_sft
@@ -121,10 +126,9 @@ def list_models():
         typer.echo(f"{k:24s} {v}")
 
 
-@data_app.command("inspect")
-def data_inspect(file: Path):
-    """Counts, format, encoding, lengths, labels, duplicates."""
-    _not_yet("data inspect", 4)
+from .data.cli import register as _register_data_commands  # noqa: E402
+
+_register_data_commands(data_app)  # inspect, clean, split, balance, augment, curriculum, mix, run
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,21 @@ class AdapterConfig(_Section):
     num_virtual_tokens: int = Field(16, ge=1, description="prefix tuning: virtual tokens per layer")
 
 
+class DataPipelineStep(BaseModel):
+    """One `data.pipeline` step: `{step: clean, near_threshold: 0.7, ...}`; the other keys are that
+    step's options (the same as its `seektune data STEP` flags), checked when the config loads."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    step: Literal["clean", "split", "balance", "augment", "curriculum", "mix"]
+
+    @model_validator(mode="after")
+    def _check_options(self):
+        from .data.pipeline import step_options
+
+        step_options(self.step, self.model_extra or {})  # raises ValueError naming the bad key
+        return self
+
+
 class DataConfig(_Section):
     train: str | None = Field(None, description="training file (json, jsonl, csv, tsv, optionally .gz)")
     eval: str | None = Field(None, description="evaluation file; when unset, `eval_ratio` of train is held out")
@@ -59,6 +74,9 @@ class DataConfig(_Section):
     max_eval_samples: int | None = Field(200, ge=1)
     max_samples: int | None = Field(None, ge=1, description="use only the first N training records")
     cache: bool = Field(True, description="cache tokenised data on disk (keyed by data, tokenizer, template, length)")
+    pipeline: list[DataPipelineStep] = Field(
+        default_factory=list, description="data steps run on data.train before training (see docs/data.md)")
+    curriculum: bool = Field(False, description="train in file order (no shuffling, order-keeping packing)")
 
 
 class LayerwiseLR(_Section):

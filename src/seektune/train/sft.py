@@ -263,6 +263,7 @@ def training_arguments(cfg: Config, run_dir: Path, has_eval: bool) -> TrainingAr
         remove_unused_columns=False,
         activation_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if cfg.data.curriculum else "random",  # curricula keep their order
         save_only_model=False,
     )
 
@@ -299,7 +300,12 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
         + (f" (see {run_dir / 'rejects.jsonl'})" if s["rejected"] else "") + f", truncated {s['truncated']}; "
         f"{s['train_label_tokens']:,} trained tokens of {s['train_tokens']:,}")
     train_rows = _strip_meta(data.train)
-    if cfg.data.packing:
+    if cfg.data.packing and cfg.data.curriculum:
+        from ..data.curriculum import pack_in_order
+
+        train_rows = pack_in_order(train_rows, cfg.data.max_length)
+        log(f"packing (in curriculum order): {s['train']} samples into {len(train_rows)} rows")
+    elif cfg.data.packing:
         train_rows = pack_examples(train_rows, cfg.data.max_length, seed=cfg.train.seed)
         log(f"packing: {s['train']} samples into {len(train_rows)} rows of <= {cfg.data.max_length} tokens")
     eval_rows = _strip_meta(data.eval)
