@@ -53,18 +53,36 @@ def _not_yet(what: str, issue: int) -> None:
 def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
-          no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)")):
-    """Fine-tune a model as the YAML config says (stage sft)."""
+          no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+          nproc: int = typer.Option(1, "--nproc", help="processes on this node (launches through torchrun)"),
+          nnodes: int = typer.Option(1, "--nnodes", help="number of nodes"),
+          node_rank: int = typer.Option(0, "--node-rank", help="rank of this node"),
+          master_addr: Optional[str] = typer.Option(None, "--master-addr", help="address of node 0"),
+          master_port: int = typer.Option(29500, "--master-port", help="rendezvous port on node 0")):
+    """Fine-tune a model as the YAML config says. --nproc N runs N processes through torchrun."""
     _quiet_libraries()
     from .config import load_config
+    from .utils.console import log
 
     try:
         cfg = load_config(config, set_ or [])
-        if cfg.data.pipeline:  # data steps first; the run then trains on their output
+        if cfg.data.pipeline:  # data steps first (once, before any worker starts); then train on their output
             from .data.pipeline import run_pipeline
-            from .utils.console import log
 
             cfg = run_pipeline(cfg, Path(cfg.train.output_dir) / "data", show_progress=not no_progress, log=log)
+        if nproc > 1 or nnodes > 1:
+            import subprocess
+
+            from .train.distributed import torchrun_command
+
+            run_dir = Path(cfg.train.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            launch = run_dir / "launch_config.yaml"  # resolved once, so every rank trains the same config
+            cfg.data.pipeline = []
+            launch.write_text(cfg.to_yaml(), encoding="utf-8")
+            cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume)
+            log("launching: " + " ".join(cmd))
+            raise typer.Exit(subprocess.call(cmd))
         if cfg.model.task != "causal_lm":
             _not_yet(f"train with model.task={cfg.model.task}", 5)
         from .train.sft import run_sft

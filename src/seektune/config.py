@@ -114,6 +114,17 @@ class MonitorConfig(_Section):
     overfit_patience: int = Field(2, ge=1, description="evals with rising eval loss and falling train loss before warning")
 
 
+class FSDPConfig(_Section):
+    cpu_offload: bool = Field(False, description="offload sharded parameters to CPU (FSDP2)")
+
+
+class DeepSpeedConfig(_Section):
+    stage: Literal[2, 3] = 3
+    offload_optimizer: bool = False
+    offload_params: bool = Field(False, description="ZeRO-3 only")
+    config_file: str | None = Field(None, description="use this DeepSpeed JSON instead of a generated one")
+
+
 class TrainConfig(_Section):
     stage: Literal["sft"] = "sft"
     output_dir: str = "runs/default"
@@ -141,6 +152,10 @@ class TrainConfig(_Section):
     dropout: DropoutConfig | None = None
     early_stopping: EarlyStoppingConfig | None = None
     keep_checkpoints: int = Field(2, ge=1, description="keep the last K checkpoints (plus the best)")
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="engine when launched on several processes (seektune train --nproc N)")
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
 
     @field_validator("output_dir")
     @classmethod

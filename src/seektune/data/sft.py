@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
         write_jsonl(rejects_path, rejects)
     if data_cfg.cache:
         cpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cpath.with_suffix(".tmp")
+        tmp = cpath.with_suffix(f".tmp{os.getpid()}")  # several ranks may write the same cache entry
         tmp.write_text(json.dumps({"train": train_rows, "eval": eval_rows, "stats": stats, "rejects": rejects}))
         tmp.replace(cpath)
     return SFTData(train_rows, eval_rows, stats)

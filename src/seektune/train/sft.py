@@ -28,7 +28,10 @@ from ..data.templates import get_template
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
 from ..utils.console import console, log
+from ..models.loader import is_moe
+from ..utils.dist import is_main, local_world_size, world_size
 from .callbacks import MetricsLogger, RichProgress
+from .distributed import distributed_kwargs
 from .monitors import Health, TrainingMonitor
 from .optim import build_param_groups, make_scheduler, warmup_steps
 
@@ -187,7 +190,9 @@ class SeekTrainer(Trainer):
 
 
 def configure_threads(n: int | None) -> int:
-    n = n or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """Default: the free cores split between the processes of this node (oversubscription is ~8x slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = n or max(1, cores // local_world_size())
     torch.set_num_threads(n)
     return n
 
@@ -218,7 +223,7 @@ def latest_checkpoint(ckpt_dir: Path, log_warning=None) -> str | None:
     return str(max(cands)[1]) if cands else None
 
 
-def training_arguments(cfg: Config, run_dir: Path, has_eval: bool) -> TrainingArguments:
+def training_arguments(cfg: Config, run_dir: Path, has_eval: bool, dist_kwargs: dict | None = None) -> TrainingArguments:
     t = cfg.train
     sched, sched_kwargs = _scheduler(cfg)
     warmup = t.warmup_steps if t.warmup_steps else t.warmup_ratio  # transformers 5: float < 1 = ratio
@@ -265,6 +270,7 @@ def training_arguments(cfg: Config, run_dir: Path, has_eval: bool) -> TrainingAr
         dataloader_num_workers=0,
         train_sampling_strategy="sequential" if cfg.data.curriculum else "random",  # curricula keep their order
         save_only_model=False,
+        **(dist_kwargs or {}),
     )
 
 
@@ -282,11 +288,13 @@ def _strip_meta(rows: list[dict]) -> list[dict]:
 def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callbacks: list | None = None) -> dict:
     t0 = time.time()
     run_dir = Path(cfg.train.output_dir)
+    main = is_main()  # only rank 0 writes the run folder
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resume or cfg.train.resume
-    if not resume and (run_dir / "metrics.jsonl").exists():
+    resume = resume or bool(cfg.train.resume)
+    if main and not resume and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()  # a fresh run owns its metrics file
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    if main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     threads = configure_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
 
@@ -294,7 +302,8 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
     template = get_template(cfg.data.template, tok)
     log(f"model: {cfg.model.name_or_path} ({model.config.model_type}) from {model_path}; template: {template.name}; "
         f"threads: {threads}")
-    data = build_sft_data(cfg.data, tok, template, cfg.train.seed, run_dir / "rejects.jsonl", log=log)
+    data = build_sft_data(cfg.data, tok, template, cfg.train.seed, run_dir / "rejects.jsonl" if main else None,
+                          log=log)
     s = data.stats
     log(f"data: read {s['read']}, train {s['train']}, eval {s['eval']}, rejected {s['rejected']}"
         + (f" (see {run_dir / 'rejects.jsonl'})" if s["rejected"] else "") + f", truncated {s['truncated']}; "
@@ -317,7 +326,12 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
 
     counter = TokenCounter()
     health = Health()
-    args = training_arguments(cfg, run_dir, has_eval=bool(eval_rows))
+    args = training_arguments(cfg, run_dir, has_eval=bool(eval_rows),
+                              dist_kwargs=distributed_kwargs(cfg, model, is_moe(model)))
+    if world_size() > 1:
+        log(f"distributed: {cfg.train.distributed} on {world_size()} processes ({args.ddp_backend or 'auto'}); "
+            f"global batch = {cfg.train.batch_size} x {cfg.train.grad_accum} x {world_size()} = "
+            f"{cfg.train.batch_size * cfg.train.grad_accum * world_size()} rows")
     extra = []
     if cfg.train.early_stopping:
         from transformers import EarlyStoppingCallback
@@ -339,7 +353,8 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
     ckpt = latest_checkpoint(run_dir / "checkpoints", log_warning=health.warn) if resume else None
     if resume:
         log(f"resuming from {ckpt}" if ckpt else "no complete checkpoint found; starting from the beginning")
-        truncate_metrics(run_dir / "metrics.jsonl", int(Path(ckpt).name.split("-")[-1]) if ckpt else -1)
+        if main:
+            truncate_metrics(run_dir / "metrics.jsonl", int(Path(ckpt).name.split("-")[-1]) if ckpt else -1)
 
     eval_before = None
     if eval_rows and not ckpt:
@@ -354,8 +369,9 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
 
     final = run_dir / "final"
     trainer.model.config.use_cache = True
-    trainer.save_model(str(final))
-    tok.save_pretrained(str(final))
+    trainer.save_model(str(final))  # writes on rank 0 only (and gathers FSDP/ZeRO-3 shards)
+    if main:
+        tok.save_pretrained(str(final))
     best = trainer.state.best_metric
     summary = {
         "best_metric": ({"name": cfg.train.early_stopping.metric, "value": best,
@@ -371,8 +387,10 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
         "real_tokens_per_s": round(counter.real / train_s, 2) if train_s > 0 else None, "threads": threads,
         "final": str(final),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    print_summary(summary)
+    summary["world_size"] = world_size()
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+        print_summary(summary)
     summary["_trainer"] = trainer
     return summary
 
