@@ -92,6 +92,27 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
         _fail(str(e))
 
 
+@app.command("continue")
+def continue_cmd(previous: Path = typer.Argument(..., help="a finished run folder"),
+                 data: str = typer.Option(..., "--data", help="the new training data"),
+                 out: Optional[Path] = typer.Option(None, "--out", help="run folder (default PREVIOUS-continued)"),
+                 eval_data: Optional[str] = typer.Option(None, "--eval", help="eval file for the new data"),
+                 replay: float = typer.Option(0.2, "--replay", help="share of each epoch replayed from the previous data"),
+                 ewc_lambda: Optional[float] = typer.Option(None, "--ewc-lambda", help="add EWC anchored at the previous run"),
+                 threshold: float = typer.Option(0.05, "--threshold", help="alarm when an old metric worsens by more"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value"),
+                 no_progress: bool = typer.Option(False, "--no-progress")):
+    """Continual fine-tuning: new data into an existing run, with replay, optional EWC and a drift check."""
+    _quiet_libraries()
+    from .train.continual import continue_run
+
+    try:
+        continue_run(previous, data, out, eval_data, replay, ewc_lambda, threshold, set_ or [],
+                     show_progress=not no_progress)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
 @app.command("config")
 def show_config(config: Optional[Path] = typer.Argument(None, help="YAML file (defaults when omitted)"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value")):

@@ -114,6 +114,28 @@ class MonitorConfig(_Section):
     overfit_patience: int = Field(2, ge=1, description="evals with rising eval loss and falling train loss before warning")
 
 
+class ReplayConfig(_Section):
+    file: str = Field(..., description="general-domain data mixed into every epoch")
+    ratio: float = Field(0.1, gt=0, lt=1, description="share of each epoch drawn from the general data (seeds: 10%)")
+    pool: int = Field(5000, ge=1, description="at most this many general records are tokenised to sample from")
+
+
+class EWCConfig(_Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    data: str | None = Field(None, description="reference data for the Fisher information (default: replay file or data.train)")
+    samples: int = Field(200, ge=1, description="reference samples used to estimate the diagonal Fisher")
+    lam: float = Field(1000.0, ge=0, alias="lambda", description="penalty weight")
+    fisher_file: str | None = Field(None, description="reuse a saved fisher.safetensors (fisher + anchor)")
+
+
+class AdversarialConfig(_Section):
+    method: Literal["fgm", "pgd"] = "fgm"
+    epsilon: float = Field(1.0, gt=0, description="L2 radius of the embedding perturbation")
+    steps: int = Field(3, ge=1, description="PGD ascent steps")
+    alpha: float = Field(0.3, gt=0, description="PGD step size")
+
+
 class FSDPConfig(_Section):
     cpu_offload: bool = Field(False, description="offload sharded parameters to CPU (FSDP2)")
 
@@ -152,6 +174,9 @@ class TrainConfig(_Section):
     dropout: DropoutConfig | None = None
     early_stopping: EarlyStoppingConfig | None = None
     keep_checkpoints: int = Field(2, ge=1, description="keep the last K checkpoints (plus the best)")
+    replay: ReplayConfig | None = None
+    ewc: EWCConfig | None = None
+    adversarial: AdversarialConfig | None = None
     distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
         "ddp", description="engine when launched on several processes (seektune train --nproc N)")
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
@@ -173,7 +198,7 @@ class Config(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
 
 
 # --------------------------------------------------------------------------------------------

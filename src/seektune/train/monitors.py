@@ -96,8 +96,13 @@ class TrainingMonitor(TrainerCallback):
             logs["grad_out_of_band"] = self.health.grad_out_of_band
             self._memory(logs, state)
             # transformers 5 does not pass the optimizer to callbacks; run_sft sets self.trainer
-            for name, lr in getattr(getattr(self, "trainer", None), "group_lrs", {}).items():
+            trainer = getattr(self, "trainer", None)
+            for name, lr in getattr(trainer, "group_lrs", {}).items():
                 logs[f"lr/{name}"] = lr
+            if getattr(trainer, "ewc", None) is not None:
+                logs["ewc_penalty"] = trainer.ewc.last
+            if getattr(trainer, "last_adv_loss", None) is not None:
+                logs["adv_loss"] = trainer.last_adv_loss
             if self.moe is not None:
                 self._moe(logs, state)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ class SeekTrainer(Trainer):
         self._skip_step = False
         self._staging = None
         self.group_lrs: dict[str, float] = {}
+        self.ewc = None  # forgetting.EWC, set by run_sft
+        self.perturber = None  # forgetting.EmbeddingPerturber when train.adversarial is set
 
     # -- accounting and NaN handling --------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -84,6 +87,14 @@ class SeekTrainer(Trainer):
         self.token_counter.real += real
         self.token_counter.padded += ids.numel()
         loss = super().training_step(model, inputs, num_items_in_batch)
+        adv = self.st_cfg.train.adversarial if self.st_cfg else None
+        if adv is not None and self.perturber is not None and torch.isfinite(loss).all():
+            from .forgetting import adversarial_step
+
+            adv_loss = adversarial_step(self, model, inputs, num_items_in_batch, self.perturber, adv.method,
+                                        adv.epsilon, adv.steps, adv.alpha)
+            if adv_loss is not None:
+                self.last_adv_loss = float(adv_loss)
         if self.health is not None:
             if not torch.isfinite(loss).all():
                 self._skip_step = True  # the whole optimizer step this micro-batch belongs to
@@ -104,6 +115,14 @@ class SeekTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.ewc is not None and model.training:
+            # one penalty per optimizer step, spread over its micro-batches
+            pen = self.ewc.penalty(model) / self.args.gradient_accumulation_steps
+            return (out[0] + pen, out[1]) if return_outputs else out + pen
+        return out
+
+    def _task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ls = self.st_cfg.train.label_smoothing if self.st_cfg else 0.0
         if ls <= 0 or "labels" not in inputs or (self.st_cfg and self.st_cfg.model.task != "causal_lm"):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -285,7 +304,9 @@ def _strip_meta(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k in ("input_ids", "labels", "position_ids")} for r in rows]
 
 
-def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callbacks: list | None = None) -> dict:
+def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callbacks: list | None = None,
+            init_adapter: str | None = None) -> dict:
+    """Train as `cfg` says. `init_adapter`: start from a saved peft adapter (continual fine-tuning)."""
     t0 = time.time()
     run_dir = Path(cfg.train.output_dir)
     main = is_main()  # only rank 0 writes the run folder
@@ -319,10 +340,22 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
         log(f"packing: {s['train']} samples into {len(train_rows)} rows of <= {cfg.data.max_length} tokens")
     eval_rows = _strip_meta(data.eval)
 
-    model, rep = apply_adapter(model, cfg.adapter, cfg.model.task, log=log)
+    if init_adapter:
+        from peft import PeftModel
+
+        from ..models.adapters import AdapterReport, _kinds
+
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        rep = AdapterReport(cfg.adapter.method, sum(p.numel() for p in model.parameters() if p.requires_grad),
+                            sum(p.numel() for p in model.parameters()), _kinds(model),
+                            [f"adapter initialised from {init_adapter}"])
+    else:
+        model, rep = apply_adapter(model, cfg.adapter, cfg.model.task, log=log)
     for line in rep.lines():
         log(line)
     model.config.use_cache = False  # a KV cache would disable packed-sequence masking during training
+
+    forget_cbs, ewc, perturber = setup_forgetting(cfg, model, tok, template, train_rows, run_dir, main)
 
     counter = TokenCounter()
     health = Health()
@@ -343,10 +376,11 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
         data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
         # the monitor runs before MetricsLogger so its numbers land in the same log record
         callbacks=[TrainingMonitor(cfg.monitor, health, model), MetricsLogger(run_dir, counter),
-                   RichProgress(counter, enabled=show_progress), *extra, *(callbacks or [])],
+                   RichProgress(counter, enabled=show_progress), *forget_cbs, *extra, *(callbacks or [])],
         token_counter=counter, pad_token_id=tok.pad_token_id, st_cfg=cfg, health=health,
     )
     trainer.remove_callback(PrinterCallback)  # our MetricsLogger/RichProgress report instead
+    trainer.ewc, trainer.perturber = ewc, perturber
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TrainingMonitor):
             cb.trainer = trainer
@@ -389,10 +423,64 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
     }
     summary["world_size"] = world_size()
     if main:
+        write_replay_buffer(cfg, run_dir)
+        (run_dir / "eval_tokens.json").write_text(json.dumps(eval_rows))  # for drift checks of later runs
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
         print_summary(summary)
     summary["_trainer"] = trainer
     return summary
+
+
+def _tokenised_rows(cfg: Config, tok, template, path: str, limit: int) -> list[dict]:
+    """Tokenise another file (general or reference data) exactly like the training data."""
+    dcfg = cfg.data.model_copy(update={"train": path, "eval": None, "eval_ratio": 0.0, "max_samples": limit,
+                                       "pipeline": [], "system_prompt": cfg.data.system_prompt})
+    return _strip_meta(build_sft_data(dcfg, tok, template, cfg.train.seed, None, log=lambda m: None).train)
+
+
+def setup_forgetting(cfg: Config, model, tok, template, train_rows: list, run_dir: Path, main: bool):
+    """Replay mixer (a callback that owns the tail of train_rows), EWC and the embedding perturber."""
+    from .forgetting import EWC, EmbeddingPerturber, ReplayMixer, estimate_fisher, replay_count
+
+    t = cfg.train
+    cbs, ewc, perturber = [], None, None
+    if t.replay is not None:
+        pool = _tokenised_rows(cfg, tok, template, t.replay.file, t.replay.pool)
+        if cfg.data.packing:  # same row format as packed rows: positions restart, first label masked
+            pool = [{**r, "labels": [-100] + r["labels"][1:], "position_ids": list(range(len(r["input_ids"])))}
+                    for r in pool]
+        n_domain = len(train_rows)
+        k = replay_count(n_domain, t.replay.ratio)
+        cbs.append(ReplayMixer(train_rows, pool, k, t.seed))
+        log(f"replay: {k} rows from {t.replay.file} (pool {len(pool)}) join {n_domain} domain rows every epoch, "
+            "resampled each epoch")
+    if t.ewc is not None:
+        if t.ewc.fisher_file:
+            fisher, anchor = EWC.load(Path(t.ewc.fisher_file))
+            ewc = EWC(model, fisher, t.ewc.lam, anchor)
+            log(f"ewc: Fisher and anchor from {t.ewc.fisher_file}")
+        else:
+            ref = t.ewc.data or (t.replay.file if t.replay else cfg.data.train)
+            rows = _tokenised_rows(cfg, tok, template, ref, t.ewc.samples)
+            coll = PadCollator(tok.pad_token_id)
+            fisher = estimate_fisher(model, (coll([r]) for r in rows), t.ewc.samples)
+            ewc = EWC(model, fisher, t.ewc.lam)
+            log(f"ewc: diagonal Fisher from {min(len(rows), t.ewc.samples)} samples of {ref}; lambda {t.ewc.lam}")
+        if main:
+            ewc.save(run_dir / "ewc_fisher.safetensors")
+    if t.adversarial is not None:
+        perturber = EmbeddingPerturber(model)
+        log(f"adversarial: {t.adversarial.method} on input embeddings, epsilon {t.adversarial.epsilon}")
+    return cbs, ewc, perturber
+
+
+def write_replay_buffer(cfg: Config, run_dir: Path, size: int = 500) -> None:
+    """A seeded sample of this run's raw training records, replayed by `seektune continue`."""
+    from ..data.io import read_records, write_jsonl
+
+    recs = [r.data for r in read_records(cfg.data.train, on_error="collect", errors=[])]
+    random.Random(cfg.train.seed).shuffle(recs)
+    write_jsonl(run_dir / "replay_buffer.jsonl", recs[:size])
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
