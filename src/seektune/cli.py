@@ -39,10 +39,11 @@ def _user_errors():
     from .config import ConfigError
     from .data.io import DataError
     from .data.templates import TemplateError
+    from .export.source import ExportError
     from .models.adapters import AdapterError
     from .models.presets import ModelError
 
-    return (ConfigError, DataError, TemplateError, AdapterError, ModelError)
+    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError)
 
 
 def _not_yet(what: str, issue: int) -> None:
@@ -101,15 +102,67 @@ def eval_cmd(target: str = typer.Argument(..., help="run folder or model")):
 
 
 @app.command()
-def export(run: str = typer.Argument(..., help="run folder")):
-    """Merge and export adapters, quantise, prune."""
-    _not_yet("export", 9)
+def export(run: str = typer.Argument(..., help="run folder, adapter folder, model folder or preset"),
+           out: Path = typer.Option(..., "--out", help="export folder"),
+           dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16 (weights on disk)"),
+           adapter_only: bool = typer.Option(False, "--adapter-only", help="export the LoRA adapter only (no merge)"),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write OUT/int8 "
+                                                  "(dynamic INT8 on CPU, weight-only INT8 on GPU)"),
+           report: bool = typer.Option(False, "--report", help="measure size, ms/token and perplexity for "
+                                       "fp32/fp16/bf16/int8 into OUT/report (needs --data)"),
+           data: Optional[Path] = typer.Option(None, "--data", help="SFT data file for the --report perplexity"),
+           no_verify: bool = typer.Option(False, "--no-verify", help="skip the logits check after export"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder")):
+    """Merge LoRA into the base and save safetensors + tokenizer + chat template (plain transformers loads it)."""
+    _quiet_libraries()
+    from .export.deploy_cli import export_command
+
+    try:
+        export_command(run, out, dtype, adapter_only, quantize, report, data, not no_verify, overwrite)
+    except _user_errors() as e:
+        _fail(str(e))
 
 
 @app.command()
-def serve(model: str = typer.Argument(..., help="model folder or run")):
-    """OpenAI-compatible HTTP server with dynamic batching."""
-    _not_yet("serve", 9)
+def prune(run: str = typer.Argument(..., help="run folder, adapter folder, model folder or preset"),
+          heads: float = typer.Option(..., "--heads", help="share of attention heads to remove, e.g. 0.3"),
+          out: Path = typer.Option(..., "--out", help="folder for the pruned model"),
+          data: Optional[Path] = typer.Option(None, "--data", help="calibration/eval data (default: the run's data.train)"),
+          calib_samples: int = typer.Option(32, help="calibration texts for head importance"),
+          eval_samples: int = typer.Option(32, help="held-out texts for perplexity before/after"),
+          recover_steps: int = typer.Option(0, help="optional full-parameter recovery fine-tune steps"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder")):
+    """Remove the least important attention heads (gradient x activation) and save a smaller model."""
+    _quiet_libraries()
+    from .export.deploy_cli import prune_command
+
+    try:
+        prune_command(run, heads, out, data, calib_samples, eval_samples, recover_steps, overwrite)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 export or preset"),
+          host: str = typer.Option("127.0.0.1", help="bind address"),
+          port: int = typer.Option(8000, help="port"),
+          api_key: Optional[str] = typer.Option(None, "--api-key", help="require this key (or set SEEKTUNE_API_KEY)"),
+          max_batch: int = typer.Option(16, help="largest dynamic batch; 1 turns batching off"),
+          batch_window_ms: float = typer.Option(10.0, help="how long a batch waits for more requests"),
+          queue_size: int = typer.Option(256, help="waiting requests before 503"),
+          max_tokens: int = typer.Option(512, help="largest max_tokens a request may ask for"),
+          model_name: Optional[str] = typer.Option(None, help="id served in /v1/models (default: folder name)"),
+          threads: Optional[int] = typer.Option(None, help="torch CPU threads")):
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) with dynamic batching."""
+    _quiet_libraries()
+    from .serve.server import ServeOptions, run_server
+
+    try:
+        run_server(model, host, port, ServeOptions(max_batch=max_batch, window_ms=batch_window_ms,
+                                                   queue_size=queue_size, max_tokens=max_tokens, api_key=api_key,
+                                                   model_name=model_name, threads=threads))
+    except _user_errors() as e:
+        _fail(str(e))
 
 
 @app.command("models")
