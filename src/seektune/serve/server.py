@@ -33,20 +33,36 @@ class ServeOptions:
     threads: int | None = None
 
 
-def build_app(target: str, opts: ServeOptions):
-    """Load the model of `target` (LoRA merged for speed) and return (FastAPI app, batcher)."""
+@dataclass
+class Loaded:
+    """A model ready to serve; one Loaded can back several apps (tests, on/off benchmarks)."""
+    model: object
+    tok: object
+    name: str
+    template: str
+    describe: str
+
+
+def load_for_serving(target: str) -> Loaded:
+    """Load the model of `target` with any LoRA merged (merged weights decode faster)."""
     src = resolve_source(target)
+    model, tok = load_causal_lm(src, merge=True)
+    return Loaded(model, tok, src.name, src.template, src.describe())
+
+
+def build_app(target: str | Loaded, opts: ServeOptions):
+    """Return (FastAPI app, batcher) serving `target` (a path/preset, or an already Loaded model)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    model, tok = load_causal_lm(src, merge=True)
-    tok.padding_side = "left"
-    template = get_template(opts.template or src.template, tok)
+    loaded = target if isinstance(target, Loaded) else load_for_serving(target)
+    model, tok = loaded.model, loaded.tok
+    template = get_template(opts.template or loaded.template, tok)
     ctx = opts.context_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     key = opts.api_key if opts.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    settings = ServeSettings(opts.model_name or src.name, ctx, opts.max_tokens,
+    settings = ServeSettings(opts.model_name or loaded.name, ctx, opts.max_tokens,
                              min(opts.default_max_tokens, opts.max_tokens), key)
     batcher = DynamicBatcher(Engine(model, tok), opts.max_batch, opts.window_ms, opts.queue_size)
-    log(f"serve: {src.describe()} as '{settings.model_name}'; template {template.name}; context {ctx}; "
+    log(f"serve: {loaded.describe} as '{settings.model_name}'; template {template.name}; context {ctx}; "
         f"batching up to {opts.max_batch} within {opts.window_ms:g} ms; queue {opts.queue_size}; "
         f"API key {'required' if key else 'off'}; threads {torch.get_num_threads()}")
     return create_app(batcher, tok, template, settings), batcher
