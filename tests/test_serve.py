@@ -139,3 +139,37 @@ def test_full_queue_answers_503(loaded):
         assert health(s)["stats"]["rejected_full"] == codes.count(503)
     finally:
         s.stop()
+
+
+def test_requests_joining_a_running_batch_decode_as_if_alone(loaded):
+    """Continuous batching: a row that joins mid-decode (shorter KV cache, left-padded) and rows that
+    leave early give the same greedy tokens as each request decoded alone."""
+    from seektune.serve.batcher import Engine, GenRequest
+
+    class Req(GenRequest):
+        def emit(self, kind, value):
+            self.out = getattr(self, "out", "") + (value if kind == "delta" else "")
+
+    tok = loaded.tok
+    prompts = ["A much longer first prompt that fills the cache with many tokens before anyone joins", "Hi",
+               "Second joiner"]
+    engine = Engine(loaded.model, tok)
+
+    def make(i, n):
+        return Req(tok(prompts[i], add_special_tokens=False)["input_ids"], n)
+
+    alone = []
+    for i, n in enumerate((8, 5, 3)):
+        r = make(i, n)
+        engine.run([r])
+        alone.append(r.out)
+    reqs = [make(0, 8), make(1, 5), make(2, 3)]
+    calls = []
+
+    def take_more(n):
+        calls.append(n)
+        return {2: [reqs[1]], 3: [reqs[2]]}.get(len(calls), [])
+
+    stats = engine.run([reqs[0]], take_more, max_batch=4)
+    assert [r.out for r in reqs] == alone
+    assert stats["largest"] == 3 and stats["requests"] == 3

@@ -1,12 +1,13 @@
-"""Dynamic batching: requests that arrive within a short window share one decoding loop.
+"""Dynamic batching: concurrent requests share one decoding loop (continuous batching).
 
-One asyncio worker drains a bounded queue. It waits for a first request, then keeps taking
-requests for `window_ms` (or until `max_batch`), and runs them as one left-padded batch in a
-worker thread: one prefill, then one forward pass per new token for the whole batch, with each
-row's own sampling settings, max_tokens, stop strings and eos. Tokens go back to each request's
-asyncio queue as they are produced, so streaming and non-streaming responses share one path.
-Requests arriving while a batch decodes wait for the next batch (windowed, not continuous,
-batching). `max_batch=1` is the no-batching baseline the benchmark compares against.
+One asyncio worker drains a bounded queue. It waits for a first request, keeps taking requests for
+`window_ms` (or until `max_batch`), and hands the batch to a worker thread: a left-padded
+prefill, then one forward pass per new token for all rows, each row with its own sampling
+settings, max_tokens, stop strings and eos. Between decode steps, requests that arrived meanwhile
+are prefilled and join the running batch (their KV cache is left-padded to the batch's length),
+and finished rows leave at once, so the batch stays full while clients keep sending. Tokens go
+back to each request's asyncio queue as they are produced, so streaming and non-streaming
+responses share one path. `max_batch=1` is the no-batching baseline the benchmark compares against.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 
 class QueueFullError(RuntimeError):
@@ -68,8 +70,8 @@ class Engine:
             nxt[i] = torch.multinomial(row.softmax(-1), 1, generator=gens[i])[0]
         return nxt
 
-    @torch.inference_mode()
-    def run(self, reqs: list[GenRequest]) -> None:
+    def _prefill(self, reqs: list[GenRequest]):
+        """Left-padded prefill of new rows: returns (cache, mask, last positions, next-token logits)."""
         n = len(reqs)
         width = max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -79,66 +81,134 @@ class Engine:
             mask[i, width - len(r.prompt_ids):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        gens = []
-        for r in reqs:
-            g = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
-            g.manual_seed(r.seed if r.seed is not None else int(time.time_ns() % (2 ** 31)))
-            gens.append(g)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-        tokens: list[list[int]] = [[] for _ in reqs]
-        sent = [""] * n
-        finish: list[str | None] = [None] * n
-        for _ in range(max(r.max_tokens for r in reqs)):
-            nxt = self._next_tokens(logits, reqs, gens)
-            for i, r in enumerate(reqs):
-                if finish[i]:
-                    continue
-                if r.cancelled:
-                    finish[i] = "cancelled"
-                    continue
-                t = int(nxt[i])
-                if t in self.eos_ids:
-                    finish[i] = "stop"
-                    continue
-                tokens[i].append(t)
-                text = self.tok.decode(tokens[i], skip_special_tokens=True)
-                cut = min((k for k in (text.find(s) for s in r.stop) if k >= 0), default=-1)
-                if cut >= 0:
-                    text, finish[i] = text[:cut], "stop"
-                elif len(tokens[i]) >= r.max_tokens:
-                    finish[i] = "length"
-                if text.endswith("\ufffd") and not finish[i]:
-                    continue  # a multi-byte character is incomplete: send it with the next token
-                if len(text) > len(sent[i]) and text.startswith(sent[i]):
-                    r.emit("delta", text[len(sent[i]):])
-                    sent[i] = text
-            if all(finish):
-                break
-            step = nxt.clone()
-            step[torch.tensor([f is not None for f in finish], device=step.device)] = self.pad_id
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            pos = pos[:, -1:] + 1
-            out = self.model(input_ids=step[:, None], attention_mask=mask, position_ids=pos,
-                             past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1, :]
-        for i, r in enumerate(reqs):
-            r.emit("done", {"finish_reason": finish[i] or "length", "prompt_tokens": len(r.prompt_ids),
-                            "completion_tokens": len(tokens[i])})
+        return out.past_key_values, mask, pos[:, -1:], out.logits[:, -1, :]
+
+    @staticmethod
+    def _joinable(cache) -> bool:
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and all(type(la).__name__ == "DynamicLayer" for la in layers)
+
+    @staticmethod
+    def _merge(a, b):
+        """Concatenate two decoding states along the batch, left-padding the shorter KV cache."""
+        ca, ma, pa, la = a
+        cb, mb, pb, lb = b
+        w = max(ma.shape[1], mb.shape[1])
+        da, db = w - ma.shape[1], w - mb.shape[1]
+        for x, y in zip(ca.layers, cb.layers):
+            x.keys = torch.cat([F.pad(x.keys, (0, 0, da, 0)), F.pad(y.keys, (0, 0, db, 0))], dim=0)
+            x.values = torch.cat([F.pad(x.values, (0, 0, da, 0)), F.pad(y.values, (0, 0, db, 0))], dim=0)
+        mask = torch.cat([F.pad(ma, (da, 0)), F.pad(mb, (db, 0))], dim=0)
+        return ca, mask, torch.cat([pa, pb]), torch.cat([la, lb])
+
+    @staticmethod
+    def _select(state, idx: torch.Tensor):
+        """Keep the rows `idx`; drop KV columns that no remaining row attends to."""
+        cache, mask, pos, logits = state
+        cache.batch_select_indices(idx)
+        mask, pos, logits = mask[idx], pos[idx], logits[idx]
+        live = mask.any(dim=0).nonzero()
+        k = int(live[0]) if len(live) else 0
+        if k > 0 and hasattr(cache, "layers"):
+            for la in cache.layers:
+                la.keys, la.values = la.keys[:, :, k:, :], la.values[:, :, k:, :]
+            mask = mask[:, k:]
+        return cache, mask, pos, logits
+
+    def _generator(self, r: GenRequest) -> torch.Generator:
+        g = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
+        g.manual_seed(r.seed if r.seed is not None else int(time.time_ns() % (2 ** 31)))
+        return g
+
+    def _advance(self, row: "_Row", t: int) -> str | None:
+        """Add token t to a row; stream its new text; return a finish reason or None."""
+        r = row.req
+        if r.cancelled:
+            return "cancelled"
+        if t in self.eos_ids:
+            return "stop"
+        row.tokens.append(t)
+        text = self.tok.decode(row.tokens, skip_special_tokens=True)
+        finish = None
+        cut = min((k for k in (text.find(s) for s in r.stop) if k >= 0), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        elif len(row.tokens) >= r.max_tokens:
+            finish = "length"
+        if text.endswith("\ufffd") and not finish:
+            return None  # a multi-byte character is incomplete: send it with the next token
+        if len(text) > len(row.sent) and text.startswith(row.sent):
+            r.emit("delta", text[len(row.sent):])
+            row.sent = text
+        return finish
+
+    @torch.inference_mode()
+    def run(self, reqs: list[GenRequest], take_more=None, max_batch: int | None = None) -> dict:
+        """Decode `reqs` to completion. Between decode steps, `take_more(n)` may hand over up to n new
+        requests, which are prefilled and join the running batch (continuous batching); finished rows
+        leave at once. Returns counts: steps, row_steps (sum of batch sizes), largest batch, requests."""
+        rows = [_Row(r, self._generator(r)) for r in reqs]
+        state = self._prefill(reqs)
+        joinable = take_more is not None and self._joinable(state[0])
+        max_batch = max_batch or len(reqs)
+        steps = row_steps = 0
+        largest, total = len(rows), len(rows)
+        while rows:
+            nxt = self._next_tokens(state[3], [w.req for w in rows], [w.gen for w in rows])
+            steps += 1
+            row_steps += len(rows)
+            keep = []
+            for i, row in enumerate(rows):
+                finish = self._advance(row, int(nxt[i]))
+                if finish:
+                    row.req.emit("done", {"finish_reason": finish, "prompt_tokens": len(row.req.prompt_ids),
+                                          "completion_tokens": len(row.tokens)})
+                else:
+                    keep.append(i)
+            new = take_more(max_batch - len(keep)) if joinable and len(keep) < max_batch else []
+            if len(keep) < len(rows) and keep:
+                idx = torch.tensor(keep, device=nxt.device)
+                state, nxt = self._select(state, idx), nxt[idx]
+            rows = [rows[i] for i in keep]
+            if rows:
+                cache, mask, pos, _ = state
+                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+                pos = pos + 1
+                out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                                 past_key_values=cache, use_cache=True)
+                state = (out.past_key_values, mask, pos, out.logits[:, -1, :])
+            if new:
+                fresh = self._prefill([r for r in new])
+                state = self._merge(state, fresh) if rows else fresh
+                rows += [_Row(r, self._generator(r)) for r in new]
+                total += len(new)
+                largest = max(largest, len(rows))
+        return {"steps": steps, "row_steps": row_steps, "largest": largest, "requests": total}
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    gen: torch.Generator
+    tokens: list = field(default_factory=list)
+    sent: str = ""
 
 
 @dataclass
 class BatchStats:
     requests: int = 0
-    batches: int = 0
+    batches: int = 0          # decode loops started from an empty engine
     rejected_full: int = 0
     largest_batch: int = 0
+    steps: int = 0            # decode steps
+    row_steps: int = 0        # sum over steps of the rows decoded together
     busy_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "batches": self.batches, "rejected_full": self.rejected_full,
-                "largest_batch": self.largest_batch,
-                "mean_batch": round(self.requests / self.batches, 2) if self.batches else 0.0,
+                "largest_batch": self.largest_batch, "steps": self.steps,
+                "mean_batch": round(self.row_steps / self.steps, 2) if self.steps else 0.0,
                 "busy_seconds": round(self.busy_seconds, 2)}
 
 
@@ -204,12 +274,34 @@ class DynamicBatcher:
             if not batch:
                 continue
             t0 = time.perf_counter()
+            joined: list[GenRequest] = []
+
+            def take_more(n: int) -> list[GenRequest]:
+                if n <= 0 or self.max_batch == 1:
+                    return []
+                got = asyncio.run_coroutine_threadsafe(self._drain(n), loop).result()
+                joined.extend(got)
+                return got
+
             try:
-                await loop.run_in_executor(self._pool, self.engine.run, batch)
+                res = await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch)
+                self.stats.steps += res["steps"]
+                self.stats.row_steps += res["row_steps"]
+                self.stats.largest_batch = max(self.stats.largest_batch, res["largest"])
             except Exception as e:  # one bad batch must not kill the server: fail its requests
-                for r in batch:
+                for r in batch + joined:
                     r.emit("error", f"generation failed: {type(e).__name__}: {e}")
             self.stats.busy_seconds += time.perf_counter() - t0
             self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.requests += len(batch) + len(joined)
+
+    async def _drain(self, n: int) -> list[GenRequest]:
+        out = []
+        while len(out) < n:
+            try:
+                r = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if not r.cancelled:
+                out.append(r)
+        return out
