@@ -144,7 +144,7 @@ class Engine:
         return finish
 
     @torch.inference_mode()
-    def run(self, reqs: list[GenRequest], take_more=None, max_batch: int | None = None) -> dict:
+    def run(self, reqs: list[GenRequest], take_more=None, max_batch: int | None = None, on_step=None) -> dict:
         """Decode `reqs` to completion. Between decode steps, `take_more(n)` may hand over up to n new
         requests, which are prefilled and join the running batch (continuous batching); finished rows
         leave at once. Returns counts: steps, row_steps (sum of batch sizes), largest batch, requests."""
@@ -158,6 +158,8 @@ class Engine:
             nxt = self._next_tokens(state[3], [w.req for w in rows], [w.gen for w in rows])
             steps += 1
             row_steps += len(rows)
+            if on_step is not None:
+                on_step(len(rows))
             keep = []
             for i, row in enumerate(rows):
                 finish = self._advance(row, int(nxt[i]))
@@ -275,25 +277,30 @@ class DynamicBatcher:
                 continue
             t0 = time.perf_counter()
             joined: list[GenRequest] = []
+            self.stats.requests += len(batch)
 
             def take_more(n: int) -> list[GenRequest]:
                 if n <= 0 or self.max_batch == 1:
                     return []
                 got = asyncio.run_coroutine_threadsafe(self._drain(n), loop).result()
                 joined.extend(got)
+                self.stats.requests += len(got)
                 return got
 
             try:
-                res = await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch)
-                self.stats.steps += res["steps"]
-                self.stats.row_steps += res["row_steps"]
-                self.stats.largest_batch = max(self.stats.largest_batch, res["largest"])
+                await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch,
+                                           self._on_step)
             except Exception as e:  # one bad batch must not kill the server: fail its requests
                 for r in batch + joined:
                     r.emit("error", f"generation failed: {type(e).__name__}: {e}")
             self.stats.busy_seconds += time.perf_counter() - t0
             self.stats.batches += 1
-            self.stats.requests += len(batch) + len(joined)
+
+    def _on_step(self, rows: int) -> None:
+        """Live statistics (read by /health and the benchmark while a decode loop runs)."""
+        self.stats.steps += 1
+        self.stats.row_steps += rows
+        self.stats.largest_batch = max(self.stats.largest_batch, rows)
 
     async def _drain(self, n: int) -> list[GenRequest]:
         out = []
