@@ -1,5 +1,8 @@
 """The quantisation table: size on disk, latency per token and perplexity for fp32, fp16, bf16 and int8.
 
+`int8` is the CPU default (torch.ao dynamic INT8: int8 weights and per-call int8 activations);
+`int8-weight` loads the same file with the weight-only path (int8 weights dequantised per call).
+
 Every variant is saved to disk and loaded back the way a user would load it (plain transformers
 for fp32/fp16/bf16, `load_quantized` for int8), then measured on the same texts and prompt.
 On a CPU without fp16/bf16 instructions those two are slow; the table says so rather than hiding it.
@@ -24,7 +27,7 @@ def weights_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
 
 
-def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "bf16", "int8"),
+def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "bf16", "int8", "int8-weight"),
                 eval_samples: int = 16, max_length: int = 256, new_tokens: int = 16) -> list[dict]:
     """Export each variant under `work` and measure it; returns table rows."""
     from transformers import AutoModelForCausalLM
@@ -33,7 +36,8 @@ def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "b
 
     work.mkdir(parents=True, exist_ok=True)
     base = work / "fp32"
-    export_run(target, base, "fp32", quantize="int8" if "int8" in variants else None, overwrite=True)
+    export_run(target, base, "fp32", quantize="int8" if any(v.startswith("int8") for v in variants) else None,
+               overwrite=True)
     from .source import load_tokenizer_for, resolve_source
 
     tok = load_tokenizer_for(resolve_source(base))
@@ -41,8 +45,9 @@ def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "b
     prompt = texts[0][:300]
     rows = []
     for v in variants:
-        if v == "int8":
-            folder, model = base / "int8", load_quantized(base / "int8", device="cpu")
+        if v.startswith("int8"):  # int8: dynamic (CPU default); int8-weight: the weight-only (GPU) path, on CPU
+            folder = base / "int8"
+            model = load_quantized(folder, device="cpu", mode="weight" if v == "int8-weight" else "dynamic")
         else:
             folder = base if v == "fp32" else work / v
             if v != "fp32":
