@@ -224,8 +224,9 @@ def prune_run(target: str, out: str | Path, share: float, data: str | None = Non
         f"({100 * plan.share:.0f}% removed), KV heads {plan.kv_before} -> {plan.kv_after}")
     notes = []
     if recover_steps:
-        model = _recover(model, tok, src, data, recover_steps, out, max_length)
-        notes.append(f"recovery fine-tune: {recover_steps} full-parameter steps on {data}")
+        model = _recover(model, tok, src, data, recover_steps, out, max_length, calib_samples)
+        notes.append(f"recovery fine-tune: {recover_steps} full-parameter steps on the first {calib_samples} "
+                     f"records of {data} (the calibration records; the eval records are not trained on)")
     kind, tnotes = attach_chat_template(tok, src.template)
     notes += tnotes
     model.config.use_cache = True
@@ -261,7 +262,7 @@ def _run_data(src) -> str | None:
     return (cfg.get("data") or {}).get("train")
 
 
-def _recover(model, tok, src, data: str, steps: int, out: Path, max_length: int):
+def _recover(model, tok, src, data: str, steps: int, out: Path, max_length: int, n_records: int):
     """A short full-parameter SFT of the pruned model with the standard recipe."""
     from ..config import Config
     from ..train.sft import run_sft
@@ -271,9 +272,10 @@ def _recover(model, tok, src, data: str, steps: int, out: Path, max_length: int)
     tok.save_pretrained(str(tmp_base))
     cfg = Config.model_validate({
         "model": {"name_or_path": str(tmp_base)}, "adapter": {"method": "full"},
-        "data": {"train": data, "template": src.template, "max_length": max_length, "eval_ratio": 0.0},
+        "data": {"train": data, "template": src.template, "max_length": max_length, "eval_ratio": 0.0,
+                 "max_samples": n_records},
         "train": {"output_dir": str(out.with_name(out.name + ".recover")), "max_steps": steps, "lr": 2e-5,
-                  "batch_size": 2, "logging_steps": max(1, steps // 5)}})
+                  "batch_size": 2, "logging_steps": max(1, steps // 5), "num_threads": torch.get_num_threads()}})
     summary = run_sft(cfg, show_progress=False)
     trainer = summary.pop("_trainer")
     import shutil
