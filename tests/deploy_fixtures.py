@@ -32,3 +32,16 @@ def make_lora_run(run_dir: Path, preset: str = "tiny-qwen2", seed: int = 0) -> P
     model.save_pretrained(str(run_dir / "final"))
     tok.save_pretrained(str(run_dir / "final"))
     return run_dir
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared CPU two OpenMP threads
+    made decode steps several times slower; restore the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

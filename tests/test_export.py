@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deploy_fixtures import make_lora_run
+from deploy_fixtures import one_torch_thread  # noqa: F401  (autouse)
 from seektune.export.merge import export_run, prompt_logits, verify_prompts
 from seektune.export.source import ExportError, load_causal_lm, resolve_source
 
@@ -61,6 +62,7 @@ def test_merged_export_equals_adapter_model_in_plain_transformers(exported, adap
         "print(json.dumps(out))\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(prompts)], capture_output=True,
                           text=True, env=env, cwd=str(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

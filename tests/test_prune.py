@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from deploy_fixtures import one_torch_thread  # noqa: F401  (autouse)
 from seektune.export.prune import apply_pruning, head_importance, plan_pruning
 from seektune.export.source import ExportError, load_causal_lm, resolve_source
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from deploy_fixtures import one_torch_thread  # noqa: F401  (autouse)
 from seektune.serve.server import ServeOptions, ThreadedServer, build_app, load_for_serving
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
