@@ -66,6 +66,8 @@ def resolve_source(target: str | Path) -> Source:
         run_dir = p.parent
     name = (run_dir or p).name
     if (p / QUANT_MANIFEST).exists():
+        if p.name == "int8" and run_dir is None:
+            name = f"{p.parent.name}-int8"  # exports/medqa/int8 serves as 'medqa-int8'
         return Source("int8", p, None, _run_template(run_dir), run_dir, name)
     if (p / "adapter_config.json").exists():
         meta = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
