@@ -39,10 +39,11 @@ def _user_errors():
     from .config import ConfigError
     from .data.io import DataError
     from .data.templates import TemplateError
+    from .export.source import ExportError
     from .models.adapters import AdapterError
     from .models.presets import ModelError
 
-    return (ConfigError, DataError, TemplateError, AdapterError, ModelError)
+    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError)
 
 
 def _not_yet(what: str, issue: int) -> None:
@@ -144,16 +145,82 @@ def eval_cmd(target: str = typer.Argument(..., help="run folder or model")):
     _not_yet("eval", 6)
 
 
-@app.command()
-def export(run: str = typer.Argument(..., help="run folder")):
-    """Merge and export adapters, quantise, prune."""
-    _not_yet("export", 9)
+_DEPLOY_CONFIG = typer.Option(None, "--config", help="YAML whose `deploy:` section sets defaults "
+                              "(default: the run's config.yaml)")
 
 
 @app.command()
-def serve(model: str = typer.Argument(..., help="model folder or run")):
-    """OpenAI-compatible HTTP server with dynamic batching."""
-    _not_yet("serve", 9)
+def export(run: str = typer.Argument(..., help="run folder, adapter folder, model folder or preset"),
+           out: Path = typer.Option(..., "--out", help="export folder"),
+           dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (weights on disk)"),
+           adapter_only: Optional[bool] = typer.Option(None, "--adapter-only", help="export the LoRA adapter only"),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write OUT/int8 "
+                                                  "(dynamic INT8 on CPU, weight-only INT8 on GPU)"),
+           report: bool = typer.Option(False, "--report", help="measure size, ms/token and perplexity for "
+                                       "fp32/fp16/bf16/int8 into OUT/report (needs --data)"),
+           data: Optional[Path] = typer.Option(None, "--data", help="SFT data file for the --report perplexity"),
+           no_verify: bool = typer.Option(False, "--no-verify", help="skip the logits check after export"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
+           config: Optional[Path] = _DEPLOY_CONFIG):
+    """Merge LoRA into the base and save safetensors + tokenizer + chat template (plain transformers loads it)."""
+    _quiet_libraries()
+    from .export.deploy_cli import deploy_settings, export_command
+
+    try:
+        d = deploy_settings(run, config, export_dtype=dtype, adapter_only=adapter_only, quantize=quantize,
+                            verify=False if no_verify else None)
+        export_command(run, out, d, report, data, overwrite)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def prune(run: str = typer.Argument(..., help="run folder, adapter folder, model folder or preset"),
+          out: Path = typer.Option(..., "--out", help="folder for the pruned model"),
+          heads: Optional[float] = typer.Option(None, "--heads", help="share of attention heads to remove (0.3)"),
+          data: Optional[Path] = typer.Option(None, "--data", help="calibration/eval data (default: the run's data.train)"),
+          calib_samples: Optional[int] = typer.Option(None, help="calibration texts for head importance (32)"),
+          eval_samples: Optional[int] = typer.Option(None, help="held-out texts for perplexity before/after (32)"),
+          recover_steps: Optional[int] = typer.Option(None, help="full-parameter recovery fine-tune steps (0)"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
+          config: Optional[Path] = _DEPLOY_CONFIG):
+    """Remove the least important attention heads (gradient x activation) and save a smaller model."""
+    _quiet_libraries()
+    from .export.deploy_cli import deploy_settings, prune_command
+
+    try:
+        d = deploy_settings(run, config, prune_heads=heads, calib_samples=calib_samples, eval_samples=eval_samples,
+                            recover_steps=recover_steps)
+        prune_command(run, out, d, data, overwrite)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 export or preset"),
+          host: Optional[str] = typer.Option(None, help="bind address (127.0.0.1)"),
+          port: Optional[int] = typer.Option(None, help="port (8000)"),
+          api_key: Optional[str] = typer.Option(None, "--api-key", help="require this key (or set SEEKTUNE_API_KEY)"),
+          max_batch: Optional[int] = typer.Option(None, help="largest dynamic batch; 1 turns batching off (16)"),
+          batch_window_ms: Optional[float] = typer.Option(None, help="how long a batch waits for more requests (10)"),
+          queue_size: Optional[int] = typer.Option(None, help="waiting requests before 503 (256)"),
+          max_tokens: Optional[int] = typer.Option(None, help="largest max_tokens a request may ask for (512)"),
+          model_name: Optional[str] = typer.Option(None, help="id served in /v1/models (default: folder name)"),
+          threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+          config: Optional[Path] = _DEPLOY_CONFIG):
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) with dynamic batching."""
+    _quiet_libraries()
+    from .export.deploy_cli import deploy_settings
+    from .serve.server import ServeOptions, run_server
+
+    try:
+        d = deploy_settings(model, config, host=host, port=port, max_batch=max_batch, batch_window_ms=batch_window_ms,
+                            queue_size=queue_size, max_tokens=max_tokens, model_name=model_name)
+        run_server(model, d.host, d.port, ServeOptions(max_batch=d.max_batch, window_ms=d.batch_window_ms,
+                                                       queue_size=d.queue_size, max_tokens=d.max_tokens,
+                                                       api_key=api_key, model_name=d.model_name, threads=threads))
+    except _user_errors() as e:
+        _fail(str(e))
 
 
 @app.command("models")

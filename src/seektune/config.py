@@ -190,12 +190,32 @@ class TrainConfig(_Section):
         return v
 
 
+class DeployConfig(_Section):
+    """`seektune export / prune / serve` settings (CLI flags override these)."""
+    export_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights dtype of `seektune export`")
+    adapter_only: bool = Field(False, description="export the LoRA adapter without merging")
+    quantize: Literal["int8"] | None = Field(None, description="int8: also write OUT/int8 (dynamic CPU / weight-only GPU)")
+    verify: bool = Field(True, description="reload the export and compare logits with the adapter model")
+    prune_heads: float = Field(0.3, gt=0, lt=1, description="share of attention heads `seektune prune` removes")
+    calib_samples: int = Field(32, ge=1, description="calibration texts for head importance")
+    eval_samples: int = Field(32, ge=1, description="held-out texts for perplexity in reports")
+    recover_steps: int = Field(0, ge=0, description="full-parameter recovery steps after pruning")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch: int = Field(16, ge=1, description="largest dynamic batch; 1 turns batching off")
+    batch_window_ms: float = Field(10.0, ge=0, description="how long a batch waits for more requests")
+    queue_size: int = Field(256, ge=1, description="waiting requests before the server answers 503")
+    max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    model_name: str | None = Field(None, description="model id served in /v1/models (default: run folder name)")
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)

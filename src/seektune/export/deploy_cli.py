@@ -1,0 +1,59 @@
+"""Thin glue between the CLI and the export/prune modules: argument checks and printed tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils.console import console, log
+from .measure import markdown_table
+from .source import ExportError
+
+PRUNE_COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("fp32_mb", "fp32 weights (MB)"),
+                 ("ms_per_token", "ms / token"), ("ppl", "perplexity")]
+
+
+def deploy_settings(run: str, config: Path | None, **flags):
+    """The `deploy:` section of --config (else of the run's config.yaml, else defaults), then CLI flags."""
+    from ..config import ConfigError, DeployConfig, load_config
+
+    if config is not None:
+        base = load_config(config).deploy
+    else:
+        p = Path(run)
+        cands = [p / "config.yaml", p.parent / "config.yaml"] if p.exists() else []
+        found = next((c for c in cands if c.exists()), None)
+        try:
+            base = load_config(found).deploy if found else DeployConfig()
+        except ConfigError:
+            base = DeployConfig()  # an older run's config may not validate; its deploy defaults do not matter
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return DeployConfig.model_validate({**base.model_dump(), **given})
+    except ValueError as e:
+        raise ConfigError(f"invalid deploy option: {e}") from None
+
+
+def export_command(run: str, out: Path, d, report: bool, data: Path | None, overwrite: bool) -> None:
+    from .merge import export_run
+
+    if report:
+        if data is None:
+            raise ExportError("--report needs --data FILE (texts for perplexity)")
+        from .report import COLUMNS, dtype_table
+
+        rows = dtype_table(run, str(data), Path(out) / "report", eval_samples=d.eval_samples)
+        console.print(markdown_table(rows, COLUMNS), markup=False)
+        log(f"table saved to {Path(out) / 'report' / 'report.md'}")
+        return
+    export_run(run, out, d.export_dtype, adapter_only=d.adapter_only, verify=d.verify, quantize=d.quantize,
+               overwrite=overwrite)
+
+
+def prune_command(run: str, out: Path, d, data: Path | None, overwrite: bool) -> None:
+    from .prune import prune_run
+
+    rep = prune_run(run, out, d.prune_heads, str(data) if data else None, d.calib_samples, d.eval_samples,
+                    overwrite=overwrite, recover_steps=d.recover_steps)
+    console.print(markdown_table(rep.rows, PRUNE_COLUMNS), markup=False)
+    log(f"pruned {100 * rep.share_removed:.0f}% of query heads ({rep.heads_per_layer} per layer) in "
+        f"{rep.seconds:.0f}s; model and prune.json in {rep.out}")

@@ -1,0 +1,259 @@
+"""The OpenAI-compatible HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /health.
+
+Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` so the `openai`
+client raises its usual exceptions: 400 bad JSON / invalid fields / too many tokens, 401 missing or
+wrong API key, 404 unknown model, 503 queue full. Streaming answers are server-sent events
+(`data: {chunk}` lines ending with `data: [DONE]`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .batcher import DynamicBatcher, GenRequest, QueueFullError
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send many optional OpenAI fields we do not use
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = ""
+
+
+class ChatBody(_Body):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str]
+
+
+@dataclass
+class ServeSettings:
+    model_name: str
+    context_length: int
+    max_tokens_cap: int = 512
+    default_max_tokens: int = 128
+    api_key: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status)
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) -> FastAPI:
+    """`template` is a seektune ChatTemplate (renders the chat prompt exactly as training did)."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="seektune server", lifespan=lifespan)
+    started = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return exc.response()
+
+    def check_key(request: Request) -> None:
+        if not settings.api_key:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if not given:
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+
+    async def parse(request: Request, cls):
+        check_key(request)
+        raw = await request.body()
+        try:
+            data = json.loads(raw or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        try:
+            body = cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise ApiError(400, f"invalid field '{loc}': {first['msg']}", param=loc) from None
+        if body.model != settings.model_name:
+            raise ApiError(404, f"the model '{body.model}' does not exist; this server serves "
+                                f"'{settings.model_name}' (see /v1/models)", code="model_not_found", param="model")
+        if body.n != 1:
+            raise ApiError(400, "only n=1 is supported", param="n")
+        return body
+
+    def make_request(body: _Body, prompt_ids: list[int]) -> GenRequest:
+        max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
+        if max_tokens > settings.max_tokens_cap:
+            raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit of "
+                                f"{settings.max_tokens_cap}", param="max_tokens", code="too_many_tokens")
+        if len(prompt_ids) + max_tokens > settings.context_length:
+            raise ApiError(400, f"this model's maximum context length is {settings.context_length} tokens; the "
+                                f"request asks for {len(prompt_ids)} prompt + {max_tokens} completion tokens",
+                           param="messages", code="context_length_exceeded")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        return GenRequest(prompt_ids, max_tokens, body.temperature, body.top_p, [s for s in stop if s], body.seed)
+
+    def submit(req: GenRequest) -> None:
+        try:
+            batcher.submit(req)
+        except QueueFullError as e:
+            raise ApiError(503, str(e), type_="server_error", code="queue_full") from None
+
+    async def collect(req: GenRequest) -> tuple[str, dict]:
+        parts = []
+        try:
+            while True:
+                kind, value = await req.events.get()
+                if kind == "delta":
+                    parts.append(value)
+                elif kind == "done":
+                    return "".join(parts), value
+                else:
+                    raise ApiError(500, value, type_="server_error")
+        finally:
+            req.cancelled = True  # a client that went away stops costing decode steps
+
+    def usage(info: dict) -> dict:
+        return {"prompt_tokens": info["prompt_tokens"], "completion_tokens": info["completion_tokens"],
+                "total_tokens": info["prompt_tokens"] + info["completion_tokens"]}
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    async def stream(req: GenRequest, rid: str, obj: str, chat: bool, include_usage: bool):
+        created = int(time.time())
+
+        def chunk(delta: str | None, finish=None, role=False):
+            if chat:
+                d = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta is not None else {})
+                choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            return {"id": rid, "object": obj, "created": created, "model": settings.model_name, "choices": [choice]}
+
+        try:
+            if chat:
+                yield sse(chunk(None, role=True))
+            while True:
+                kind, value = await req.events.get()
+                if kind == "delta":
+                    yield sse(chunk(value))
+                elif kind == "done":
+                    yield sse(chunk(None, finish=_finish(value)))
+                    if include_usage:
+                        yield sse({"id": rid, "object": obj, "created": created, "model": settings.model_name,
+                                   "choices": [], "usage": usage(value)})
+                    break
+                else:
+                    yield sse({"error": {"message": value, "type": "server_error"}})
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            req.cancelled = True
+
+    def _finish(info: dict) -> str:
+        return "length" if info["finish_reason"] == "length" else "stop"
+
+    def _include_usage(request_json: dict) -> bool:
+        opts = request_json.get("stream_options") or {}
+        return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "queue_depth": batcher.depth,
+                "queue_size": batcher.queue_size, "max_batch": batcher.max_batch,
+                "window_ms": batcher.window * 1000, "stats": batcher.stats.as_dict()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": started,
+                                             "owned_by": "seektune"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await parse(request, ChatBody)
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                for m in body.messages]
+        prompt = template.prompt(msgs)
+        req = make_request(body, tok(prompt, add_special_tokens=False)["input_ids"])
+        submit(req)
+        rid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        if body.stream:
+            return StreamingResponse(stream(req, rid, "chat.completion.chunk", True,
+                                            _include_usage(json.loads(await request.body()))),
+                                     media_type="text/event-stream")
+        text, info = await collect(req)
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": settings.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                             "finish_reason": _finish(info)}], "usage": usage(info)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await parse(request, CompletionBody)
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ApiError(400, "send one prompt per request (a list of exactly one string)", param="prompt")
+            prompt = prompt[0]
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ApiError(400, "prompt is empty", param="prompt")
+        req = make_request(body, ids)
+        submit(req)
+        rid = "cmpl-" + uuid.uuid4().hex[:24]
+        if body.stream:
+            return StreamingResponse(stream(req, rid, "text_completion", False,
+                                            _include_usage(json.loads(await request.body()))),
+                                     media_type="text/event-stream")
+        text, info = await collect(req)
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": settings.model_name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(info)}],
+                "usage": usage(info)}
+
+    return app

@@ -1,0 +1,110 @@
+"""Build the server for a run/model folder and run it with uvicorn (foreground or in a thread)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..data.templates import get_template
+from ..export.source import load_causal_lm, resolve_source
+from ..utils.console import log
+from .app import ServeSettings, create_app
+from .batcher import DynamicBatcher, Engine
+
+API_KEY_ENV = "SEEKTUNE_API_KEY"
+
+
+@dataclass
+class ServeOptions:
+    max_batch: int = 16
+    window_ms: float = 10.0
+    queue_size: int = 256
+    max_tokens: int = 512
+    default_max_tokens: int = 128
+    context_length: int | None = None
+    api_key: str | None = None
+    model_name: str | None = None
+    template: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class Loaded:
+    """A model ready to serve; one Loaded can back several apps (tests, on/off benchmarks)."""
+    model: object
+    tok: object
+    name: str
+    template: str
+    describe: str
+
+
+def load_for_serving(target: str) -> Loaded:
+    """Load the model of `target` with any LoRA merged (merged weights decode faster)."""
+    src = resolve_source(target)
+    model, tok = load_causal_lm(src, merge=True)
+    return Loaded(model, tok, src.name, src.template, src.describe())
+
+
+def build_app(target: str | Loaded, opts: ServeOptions):
+    """Return (FastAPI app, batcher) serving `target` (a path/preset, or an already Loaded model)."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    loaded = target if isinstance(target, Loaded) else load_for_serving(target)
+    model, tok = loaded.model, loaded.tok
+    template = get_template(opts.template or loaded.template, tok)
+    ctx = opts.context_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    key = opts.api_key if opts.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    settings = ServeSettings(opts.model_name or loaded.name, ctx, opts.max_tokens,
+                             min(opts.default_max_tokens, opts.max_tokens), key)
+    batcher = DynamicBatcher(Engine(model, tok), opts.max_batch, opts.window_ms, opts.queue_size)
+    log(f"serve: {loaded.describe} as '{settings.model_name}'; template {template.name}; context {ctx}; "
+        f"batching up to {opts.max_batch} within {opts.window_ms:g} ms; queue {opts.queue_size}; "
+        f"API key {'required' if key else 'off'}; threads {torch.get_num_threads()}")
+    return create_app(batcher, tok, template, settings), batcher
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ThreadedServer:
+    """uvicorn in a background thread (tests, benchmarks); `stop()` shuts it down."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
+                                                    access_log=False, limit_concurrency=None))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "ThreadedServer":
+        self.thread.start()
+        t0 = time.time()
+        while not self.server.started:
+            if time.time() - t0 > timeout or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def run_server(target: str, host: str, port: int, opts: ServeOptions) -> None:
+    import uvicorn
+
+    app, _ = build_app(target, opts)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,131 @@
+"""Export: merged weights reproduce the adapter model, load with plain transformers; INT8 loads and runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deploy_fixtures import make_lora_run
+from deploy_fixtures import one_torch_thread  # noqa: F401  (autouse)
+from seektune.export.merge import export_run, prompt_logits, verify_prompts
+from seektune.export.source import ExportError, load_causal_lm, resolve_source
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    return make_lora_run(tmp_path_factory.mktemp("runs") / "qwen-lora", "tiny-qwen2")
+
+
+@pytest.fixture(scope="module")
+def adapter_and_base_logits(lora_run):
+    src = resolve_source(lora_run)
+    model, tok = load_causal_lm(src)
+    prompts = verify_prompts(tok, src.template)
+    with_adapter = prompt_logits(model, tok, prompts)
+    with model.disable_adapter():
+        base = prompt_logits(model, tok, prompts)
+    return prompts, with_adapter, base
+
+
+@pytest.fixture(scope="module")
+def exported(lora_run, tmp_path_factory):
+    """One fp32 merge export with its INT8 variant in exported/int8 (shared: exports cost seconds)."""
+    out = tmp_path_factory.mktemp("exports") / "merged"
+    return out, export_run(lora_run, out, "fp32", quantize="int8")
+
+
+def test_merged_export_equals_adapter_model_in_plain_transformers(exported, adapter_and_base_logits, tmp_path):
+    prompts, ref, base = adapter_and_base_logits
+    # the adapter must matter, or equality below would prove nothing
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, base)) > 1e-2
+    out, res = exported
+    assert res.verification["passed"] and res.verification["max_abs_diff"] < 1e-4
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["mode"] == "merged" and manifest["verification"]["top1_agreement"] == 1.0
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    # a clean interpreter without seektune on the path loads it with transformers alone
+    code = (
+        "import sys, json, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval(); t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "assert 'seektune' not in sys.modules and t.chat_template\n"
+        "out = []\n"
+        "for p in json.loads(sys.argv[2]):\n"
+        "    with torch.no_grad(): out.append(m(**t(p, add_special_tokens=False, return_tensors='pt')).logits[0].tolist())\n"
+        "print(json.dumps(out))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(prompts)], capture_output=True,
+                          text=True, env=env, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = [torch.tensor(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
+    for a, b in zip(ref, got):
+        assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+
+
+def test_deepseek_v3_merge_with_expert_lora_reproduces_logits(tmp_path):
+    run = make_lora_run(tmp_path / "ds-lora", "tiny-deepseek-v3")
+    adapter_cfg = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert adapter_cfg.get("target_parameters"), "the fixture should adapt fused experts too"
+    res = export_run(run, tmp_path / "ds-merged", "fp32")
+    assert res.verification["passed"], res.verification
+
+
+def test_adapter_only_export_in_fp16_loads_with_peft(lora_run, adapter_and_base_logits, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    prompts, ref, _ = adapter_and_base_logits
+    out = tmp_path / "adapter"
+    export_run(lora_run, out, "fp16", adapter_only=True)
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    assert {v.dtype for v in tensors.values()} == {torch.float16}
+    src = resolve_source(lora_run)
+    base = AutoModelForCausalLM.from_pretrained(src.base_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    from transformers import AutoTokenizer
+
+    got = prompt_logits(model, AutoTokenizer.from_pretrained(str(out)), prompts)
+    scale = max(float(a.abs().max()) for a in ref)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, got)) < 0.02 * max(1.0, scale)
+
+
+def test_int8_export_is_smaller_and_tracks_fp32(exported, adapter_and_base_logits):
+    from seektune.export.quantize import Int8WeightOnlyLinear, load_quantized
+
+    prompts, ref, _ = adapter_and_base_logits
+    out, _ = exported
+    fp32_bytes = (out / "model.safetensors").stat().st_size
+    int8_bytes = (out / "int8" / "model.int8.safetensors").stat().st_size
+    assert int8_bytes < 0.35 * fp32_bytes
+    tok = resolve_source(out)
+    from transformers import AutoTokenizer
+
+    tk = AutoTokenizer.from_pretrained(str(out / "int8"))
+    for mode, min_cos in (("weight", 0.99), ("dynamic", 0.9)):
+        model = load_quantized(out / "int8", device="cpu", mode=mode)
+        if mode == "weight":
+            assert isinstance(model.model.layers[0].self_attn.q_proj, Int8WeightOnlyLinear)
+        got = prompt_logits(model, tk, prompts)
+        cos = torch.nn.functional.cosine_similarity(torch.cat(ref).flatten(), torch.cat(got).flatten(), dim=0)
+        assert cos > min_cos, (mode, float(cos))
+    assert resolve_source(out / "int8").kind == "int8" and tok.kind == "model"
+
+
+def test_export_refuses_to_overwrite_and_names_the_folder(lora_run, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="busy"):
+        export_run(lora_run, out)
+    with pytest.raises(ExportError, match="--dtype"):
+        export_run(lora_run, tmp_path / "o2", dtype="int4")
