@@ -54,14 +54,17 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
           no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)")):
-    """Fine-tune a model as the YAML config says (stage sft)."""
+    """Fine-tune a model as the YAML config says (sft; sequence or token classification by model.task)."""
     _quiet_libraries()
     from .config import load_config
 
     try:
         cfg = load_config(config, set_ or [])
-        if cfg.model.task != "causal_lm":
-            _not_yet(f"train with model.task={cfg.model.task}", 5)
+        if cfg.model.task in ("sequence_classification", "token_classification"):
+            from .train.classify import run_classify
+
+            run_classify(cfg, resume=resume, show_progress=not no_progress)
+            return
         from .train.sft import run_sft
 
         run_sft(cfg, resume=resume, show_progress=not no_progress)

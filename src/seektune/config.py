@@ -32,6 +32,8 @@ class ModelConfig(_Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "auto"] = "sdpa"
     num_labels: int | None = Field(None, description="classification heads; read from data when unset")
     tokenizer: str | None = Field(None, description="tokenizer folder when it differs from the model's")
+    classifier_dropout: float | None = Field(
+        None, ge=0, lt=1, description="classification tasks: dropout before the head (encoders; None keeps the model's)")
 
 
 class AdapterConfig(_Section):
@@ -59,6 +61,15 @@ class DataConfig(_Section):
     max_eval_samples: int | None = Field(200, ge=1)
     max_samples: int | None = Field(None, ge=1, description="use only the first N training records")
     cache: bool = Field(True, description="cache tokenised data on disk (keyed by data, tokenizer, template, length)")
+    # classification tasks (issue 5)
+    text_field: str = Field("auto", description="sequence_classification: column with the text ('auto' guesses)")
+    label_field: str = Field("auto", description="column with the label, string or int ('auto' guesses)")
+    stride: int = Field(0, ge=0, description="classification: tokens shared by consecutive windows of a long text")
+    label_scheme: Literal["bio", "iob", "iobes"] = Field(
+        "bio", description="token_classification tags: bio (IOB2), iob (IOB1) or iobes")
+    nested_policy: Literal["outermost", "innermost", "longest"] = Field(
+        "outermost", description="span JSON -> tags: which of nested/overlapping entities to keep")
+    strip_digits: bool = Field(False, description="CoNLL: strip trailing word-segmentation digits (Weibo NER '科0')")
 
 
 class TrainConfig(_Section):
@@ -85,6 +96,9 @@ class TrainConfig(_Section):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
     gradient_checkpointing: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(
+        None, description="classification loss weights: auto (inverse frequency), a list in label order, "
+        "or {label: weight}")
 
     @field_validator("output_dir")
     @classmethod

@@ -64,6 +64,8 @@ def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2labe
             cfg.id2label = {int(k): v for k, v in id2label.items()}
             cfg.label2id = {v: int(k) for k, v in id2label.items()}
         cfg.pad_token_id = tok.pad_token_id
+        if getattr(model_cfg, "classifier_dropout", None) is not None:
+            cfg.classifier_dropout = model_cfg.classifier_dropout  # read by BERT-like and token heads
         kwargs["config"] = cfg
     try:
         model = cls.from_pretrained(path, **kwargs)
