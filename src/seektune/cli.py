@@ -130,6 +130,42 @@ def data_inspect(file: Path):
     _not_yet("data inspect", 4)
 
 
+@data_app.command("check-iob")
+def data_check_iob(file: Path = typer.Argument(..., help="tagged file: CoNLL token<TAB>tag, span JSON or tokens+tags JSONL"),
+                   against: Optional[Path] = typer.Option(None, "--against", help="second annotator's file"),
+                   scheme: str = typer.Option("bio", help="bio (IOB2), iob (IOB1) or iobes"),
+                   threshold: float = typer.Option(0.98, help="pass when the gate metric reaches this"),
+                   gate: str = typer.Option("f1", help="agreement metric gated: f1 (entity), kappa or agreement"),
+                   types: Optional[str] = typer.Option(None, help="comma-separated allowed entity types"),
+                   strip_digits: bool = typer.Option(False, "--strip-digits", help="strip Weibo-style digits"),
+                   report: Optional[Path] = typer.Option(None, help="write the full report (JSON) here"),
+                   show: int = typer.Option(20, help="issues and disagreements to print")):
+    """Annotation QC: invalid tags/transitions with file:line; with --against, kappa and entity F1."""
+    from .data.iob_check import check_iob
+    from .data.iob_report import print_report
+
+    try:
+        rep = check_iob(file, against, scheme, threshold, gate,
+                        [t.strip() for t in types.split(",")] if types else None, strip_digits)
+    except _user_errors() as e:
+        _fail(str(e))
+    print_report(rep, show, report)
+    raise typer.Exit(0 if rep.passed else 1)
+
+
+@data_app.command("convert-german-credit")
+def data_convert_german_credit(src: Path = typer.Argument(..., help="UCI german.data"),
+                               out: Path = typer.Argument(..., help="CSV to write (text,label)")):
+    """UCI German credit codes -> text phrases from the codebook, label good/bad."""
+    from .data.german_credit import convert_german_credit
+
+    try:
+        res = convert_german_credit(src, out)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"wrote {res['rows']} rows to {res['out']} (labels: {res['labels']})")
+
+
 def main() -> None:
     app()
 
