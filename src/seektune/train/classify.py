@@ -292,6 +292,8 @@ def run_classify(cfg: Config, resume: bool = False, show_progress: bool = True) 
     collator = ClassifyCollator(tok.pad_token_id)
     counter = TokenCounter()
     args = training_arguments(cfg, run_dir, has_eval=bool(eval_rows))
+    # batches of similar lengths: short classification texts otherwise spend ~half their compute on padding
+    args.train_sampling_strategy = "group_by_length"
     trainer = ClassifyTrainer(
         model=model, args=args, train_dataset=train_rows,
         eval_dataset=[{k: v for k, v in r.items() if k != "word_index"} for r in eval_rows] or None,
