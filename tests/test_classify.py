@@ -144,7 +144,7 @@ def test_minilm_financial_phrasebank_beats_majority(tmp_path):
             "model.name_or_path=minilm-l6", "model.task=sequence_classification", "adapter.method=full",
             f"data.train={_balanced_fpb(tmp_path, 70)}", "data.eval_ratio=0.3", "data.max_eval_samples=null",
             "data.max_length=64", "train.max_steps=24", "train.batch_size=16", "train.lr=1e-4",
-            "train.class_weights=auto", "train.label_smoothing=0.05", f"train.output_dir={tmp_path / 'run'}"])
+            "train.class_weights=auto", "train.label_smoothing=0.05", "train.num_threads=1", f"train.output_dir={tmp_path / 'run'}"])
     s = run_classify(cfg, show_progress=False)
     after = s["eval_after"]
     assert after["accuracy"] > after["majority_baseline"] + 0.1, after
@@ -170,7 +170,7 @@ def test_minilm_wnut17_token_classification_with_windows(tmp_path):
     cfg = load_config(None, [
         "model.name_or_path=minilm-l6", "model.task=token_classification", "adapter.method=lora",
         f"data.train={WNUT}", "data.max_samples=120", "data.eval_ratio=0.25", "data.max_length=16",
-        "data.stride=4", "train.max_steps=4", "train.batch_size=16", "train.lr=1e-3", "train.class_weights=auto",
+        "data.stride=4", "train.max_steps=4", "train.batch_size=16", "train.lr=1e-3", "train.class_weights=auto", "train.num_threads=1",
         f"train.output_dir={tmp_path / 'run'}"])
     s = run_classify(cfg, show_progress=False)
     assert s["eval_windows"] > s["data"]["eval"]  # long sentences were windowed
@@ -191,8 +191,22 @@ def test_tiny_deepseek_sequence_classification_head(tmp_path):
                          for i in range(12) for w in ("good", "bad")), encoding="utf-8")
     cfg = load_config(None, ["model.name_or_path=tiny-deepseek-v3", "model.task=sequence_classification",
                              "adapter.method=lora", f"data.train={p}", "data.eval_ratio=0.25", "data.max_length=8",
-                             "data.stride=2", "train.max_steps=2", "train.batch_size=8",
+                             "data.stride=2", "train.max_steps=2", "train.batch_size=8", "train.num_threads=1",
                              f"train.output_dir={tmp_path / 'run'}"])
     s = run_classify(cfg, show_progress=False)
     assert s["labels"] == ["bad", "good"] and s["steps"] == 2
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+
+
+def test_cli_train_routes_classification_and_reports_user_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from seektune.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name_or_path: minilm-l6, task: sequence_classification}\n"
+                   f"data: {{train: {tmp_path / 'missing.csv'}}}\ntrain: {{output_dir: {tmp_path / 'run'}}}\n")
+    r = CliRunner().invoke(app, ["train", str(cfg), "--no-progress"])
+    assert r.exit_code == 2 and "missing.csv" in r.output
+    r = CliRunner().invoke(app, ["train", str(cfg), "--set", "data.stride=-1"])
+    assert r.exit_code == 2 and "data.stride" in r.output
