@@ -132,7 +132,7 @@ def predict_logits(model, rows: list[dict], collator, batch_size: int) -> list[n
     return out
 
 
-def _max_length(cfg: Config, tok, model_config=None) -> int:
+def _max_length(cfg: Config, tok) -> int:
     limit = tok.model_max_length if tok.model_max_length and tok.model_max_length < 1_000_000 else None
     if limit is not None and cfg.data.max_length > limit:
         warn(f"data.max_length={cfg.data.max_length} exceeds the model's {limit} positions; using {limit}")
