@@ -54,7 +54,7 @@ def test_class_weights_reach_the_trainer_loss():
             return type("O", (), {"logits": self.lin(torch.nn.functional.one_hot(input_ids % 4, 4).float())})()
 
     trainer = ClassifyTrainer.__new__(ClassifyTrainer)  # only the loss is exercised here
-    trainer.loss_weight, trainer.smoothing = w, 0.0
+    trainer.loss_weight, trainer.smoothing, trainer.ewc = w, 0.0, None
     model = Head()
     batch = ClassifyCollator(0)([{"input_ids": [1, 2, 3], "labels": [0, -100, 2]},
                                  {"input_ids": [3], "labels": [1]}])
@@ -104,7 +104,7 @@ def test_labels_from_data_stratified_and_rejected(tmp_path):
 
 def test_config_keys_validate():
     cfg = load_config(None, ["train.class_weights=auto", "data.stride=16", "data.label_scheme=iobes",
-                             "model.classifier_dropout=0.2", "data.nested_policy=innermost"])
+                             "train.dropout.classifier=0.2", "data.nested_policy=innermost"])
     assert cfg.train.class_weights == "auto" and cfg.data.stride == 16
     assert load_config(None, ["train.class_weights=[1, 2.5]"]).train.class_weights == [1.0, 2.5]
     with pytest.raises(ConfigError, match="label_scheme"):

@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="seektune: fine-tune local language models and DeepSeek models end to end.")
-data_app = typer.Typer(no_args_is_help=True, help="Data engineering: inspect, clean, balance, split, augment, mix.")
+data_app = typer.Typer(no_args_is_help=True, help="Data engineering: inspect, clean, split, balance, augment, mix, curriculum; run a data.pipeline.")
 app.add_typer(data_app, name="data")
 
 
@@ -53,13 +53,37 @@ def _not_yet(what: str, issue: int) -> None:
 def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
-          no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)")):
-    """Fine-tune a model as the YAML config says (sft; sequence or token classification by model.task)."""
+          no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
+          nproc: int = typer.Option(1, "--nproc", help="processes on this node (launches through torchrun)"),
+          nnodes: int = typer.Option(1, "--nnodes", help="number of nodes"),
+          node_rank: int = typer.Option(0, "--node-rank", help="rank of this node"),
+          master_addr: Optional[str] = typer.Option(None, "--master-addr", help="address of node 0"),
+          master_port: int = typer.Option(29500, "--master-port", help="rendezvous port on node 0")):
+    """Fine-tune a model as the YAML config says (sft, or sequence/token classification by model.task).
+    --nproc N runs N processes through torchrun."""
     _quiet_libraries()
     from .config import load_config
+    from .utils.console import log
 
     try:
         cfg = load_config(config, set_ or [])
+        if cfg.data.pipeline:  # data steps first (once, before any worker starts); then train on their output
+            from .data.pipeline import run_pipeline
+
+            cfg = run_pipeline(cfg, Path(cfg.train.output_dir) / "data", show_progress=not no_progress, log=log)
+        if nproc > 1 or nnodes > 1:
+            import subprocess
+
+            from .train.distributed import torchrun_command
+
+            run_dir = Path(cfg.train.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            launch = run_dir / "launch_config.yaml"  # resolved once, so every rank trains the same config
+            cfg.data.pipeline = []
+            launch.write_text(cfg.to_yaml(), encoding="utf-8")
+            cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume)
+            log("launching: " + " ".join(cmd))
+            raise typer.Exit(subprocess.call(cmd))
         if cfg.model.task in ("sequence_classification", "token_classification"):
             from .train.classify import run_classify
 
@@ -68,6 +92,27 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
         from .train.sft import run_sft
 
         run_sft(cfg, resume=resume, show_progress=not no_progress)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command("continue")
+def continue_cmd(previous: Path = typer.Argument(..., help="a finished run folder"),
+                 data: str = typer.Option(..., "--data", help="the new training data"),
+                 out: Optional[Path] = typer.Option(None, "--out", help="run folder (default PREVIOUS-continued)"),
+                 eval_data: Optional[str] = typer.Option(None, "--eval", help="eval file for the new data"),
+                 replay: float = typer.Option(0.2, "--replay", help="share of each epoch replayed from the previous data"),
+                 ewc_lambda: Optional[float] = typer.Option(None, "--ewc-lambda", help="add EWC anchored at the previous run"),
+                 threshold: float = typer.Option(0.05, "--threshold", help="alarm when an old metric worsens by more"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value"),
+                 no_progress: bool = typer.Option(False, "--no-progress")):
+    """Continual fine-tuning: new data into an existing run, with replay, optional EWC and a drift check."""
+    _quiet_libraries()
+    from .train.continual import continue_run
+
+    try:
+        continue_run(previous, data, out, eval_data, replay, ewc_lambda, threshold, set_ or [],
+                     show_progress=not no_progress)
     except _user_errors() as e:
         _fail(str(e))
 
@@ -124,10 +169,9 @@ def list_models():
         typer.echo(f"{k:24s} {v}")
 
 
-@data_app.command("inspect")
-def data_inspect(file: Path):
-    """Counts, format, encoding, lengths, labels, duplicates."""
-    _not_yet("data inspect", 4)
+from .data.cli import register as _register_data_commands  # noqa: E402
+
+_register_data_commands(data_app)  # inspect, clean, split, balance, augment, curriculum, mix, run
 
 
 @data_app.command("check-iob")

