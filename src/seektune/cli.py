@@ -60,7 +60,8 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           node_rank: int = typer.Option(0, "--node-rank", help="rank of this node"),
           master_addr: Optional[str] = typer.Option(None, "--master-addr", help="address of node 0"),
           master_port: int = typer.Option(29500, "--master-port", help="rendezvous port on node 0")):
-    """Fine-tune a model as the YAML config says. --nproc N runs N processes through torchrun."""
+    """Fine-tune a model as the YAML config says (sft, or sequence/token classification by model.task).
+    --nproc N runs N processes through torchrun."""
     _quiet_libraries()
     from .config import load_config
     from .utils.console import log
@@ -84,8 +85,11 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
             cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume)
             log("launching: " + " ".join(cmd))
             raise typer.Exit(subprocess.call(cmd))
-        if cfg.model.task != "causal_lm":
-            _not_yet(f"train with model.task={cfg.model.task}", 5)
+        if cfg.model.task in ("sequence_classification", "token_classification"):
+            from .train.classify import run_classify
+
+            run_classify(cfg, resume=resume, show_progress=not no_progress)
+            return
         from .train.sft import run_sft
 
         run_sft(cfg, resume=resume, show_progress=not no_progress)
@@ -235,6 +239,42 @@ def list_models():
 from .data.cli import register as _register_data_commands  # noqa: E402
 
 _register_data_commands(data_app)  # inspect, clean, split, balance, augment, curriculum, mix, run
+
+
+@data_app.command("check-iob")
+def data_check_iob(file: Path = typer.Argument(..., help="tagged file: CoNLL token<TAB>tag, span JSON or tokens+tags JSONL"),
+                   against: Optional[Path] = typer.Option(None, "--against", help="second annotator's file"),
+                   scheme: str = typer.Option("bio", help="bio (IOB2), iob (IOB1) or iobes"),
+                   threshold: float = typer.Option(0.98, help="pass when the gate metric reaches this"),
+                   gate: str = typer.Option("f1", help="agreement metric gated: f1 (entity), kappa or agreement"),
+                   types: Optional[str] = typer.Option(None, help="comma-separated allowed entity types"),
+                   strip_digits: bool = typer.Option(False, "--strip-digits", help="strip Weibo-style digits"),
+                   report: Optional[Path] = typer.Option(None, help="write the full report (JSON) here"),
+                   show: int = typer.Option(20, help="issues and disagreements to print")):
+    """Annotation QC: invalid tags/transitions with file:line; with --against, kappa and entity F1."""
+    from .data.iob_check import check_iob
+    from .data.iob_report import print_report
+
+    try:
+        rep = check_iob(file, against, scheme, threshold, gate,
+                        [t.strip() for t in types.split(",")] if types else None, strip_digits)
+    except _user_errors() as e:
+        _fail(str(e))
+    print_report(rep, show, report)
+    raise typer.Exit(0 if rep.passed else 1)
+
+
+@data_app.command("convert-german-credit")
+def data_convert_german_credit(src: Path = typer.Argument(..., help="UCI german.data"),
+                               out: Path = typer.Argument(..., help="CSV to write (text,label)")):
+    """UCI German credit codes -> text phrases from the codebook, label good/bad."""
+    from .data.german_credit import convert_german_credit
+
+    try:
+        res = convert_german_credit(src, out)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"wrote {res['rows']} rows to {res['out']} (labels: {res['labels']})")
 
 
 def main() -> None:

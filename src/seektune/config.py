@@ -77,6 +77,15 @@ class DataConfig(_Section):
     pipeline: list[DataPipelineStep] = Field(
         default_factory=list, description="data steps run on data.train before training (see docs/data.md)")
     curriculum: bool = Field(False, description="train in file order (no shuffling, order-keeping packing)")
+    # classification tasks (issue 5)
+    text_field: str = Field("auto", description="sequence_classification: column with the text ('auto' guesses)")
+    label_field: str = Field("auto", description="column with the label, string or int ('auto' guesses)")
+    stride: int = Field(0, ge=0, description="classification: tokens shared by consecutive windows of a long text")
+    label_scheme: Literal["bio", "iob", "iobes"] = Field(
+        "bio", description="token_classification tags: bio (IOB2), iob (IOB1) or iobes")
+    nested_policy: Literal["outermost", "innermost", "longest"] = Field(
+        "outermost", description="span JSON -> tags: which of nested/overlapping entities to keep")
+    strip_digits: bool = Field(False, description="CoNLL: strip trailing word-segmentation digits (Weibo NER '科0')")
 
 
 class LayerwiseLR(_Section):
@@ -170,6 +179,9 @@ class TrainConfig(_Section):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
     gradient_checkpointing: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(
+        None, description="classification loss weights: auto (inverse frequency), a list in label order, "
+        "or {label: weight}")
     layerwise_lr: LayerwiseLR | None = None
     dropout: DropoutConfig | None = None
     early_stopping: EarlyStoppingConfig | None = None
