@@ -158,6 +158,15 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True) -> di
         log(f"packing: {s['train']} samples into {len(train_rows)} rows of <= {cfg.data.max_length} tokens")
     eval_rows = _strip_meta(data.eval)
 
+    # issue 6: generation metrics of the base model, before any adapter touches it
+    from ..eval.callback import make_generation_callback
+    from ..eval.run_eval import RunEvaluator
+
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    evaluator = RunEvaluator.for_run(cfg, tok, template, data.eval, run_dir, resume=bool(ckpt))
+    if cfg.eval.before_after and not ckpt:
+        evaluator.measure(model, "before")
+
     model, rep = apply_adapter(model, cfg.adapter, cfg.model.task, log=log)
     for line in rep.lines():
         log(line)
@@ -172,7 +181,9 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True) -> di
         token_counter=counter, pad_token_id=tok.pad_token_id,
     )
     trainer.remove_callback(PrinterCallback)  # our MetricsLogger/RichProgress report instead
-    ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    gen_cb = make_generation_callback(cfg, tok, evaluator.generation_subset(), template)
+    if gen_cb is not None:
+        trainer.add_callback(gen_cb.attach(trainer))
     if resume:
         log(f"resuming from {ckpt}" if ckpt else "no complete checkpoint found; starting from the beginning")
 
@@ -205,5 +216,14 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True) -> di
     log(f"done in {summary['total_seconds']:.0f}s: {summary['steps']} steps, "
         f"{summary['real_tokens_per_s']} real tokens/s, padding {100 * counter.padding_share:.1f}%; "
         f"final model in {final}")
+    if evaluator.sets:  # issue 6: tuned model on the same records and decoding as "before"
+        evaluator.measure(trainer.model, "after")
+        for row in evaluator.flagged():
+            console.print(f"[bold red]forgetting:[/] general {row['metric']} {row['before']:.2f} -> "
+                          f"{row['after']:.2f} ({100 * row['relative']:+.1f}%)")
+    if cfg.eval.report:
+        from ..eval.report import write_report
+
+        log(f"report: {write_report(run_dir)[1]}")
     summary["_trainer"] = trainer
     return summary
