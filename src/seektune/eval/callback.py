@@ -47,7 +47,7 @@ class GenerationEvalCallback(TrainerCallback):
         """Would one more run keep generation time <= max_time_share of wall time?"""
         if self.last_cost is None:
             return True
-        elapsed = now - (self.t_begin or now)
+        elapsed = now - (now if self.t_begin is None else self.t_begin)
         return self.spent + self.last_cost <= self.max_share * (elapsed + self.last_cost)
 
     def on_step_end(self, args, state, control, model=None, **kw):
@@ -68,13 +68,16 @@ class GenerationEvalCallback(TrainerCallback):
         logs = {"eval_rouge_l": round(m["rouge_l"], 4), "eval_bleu4": round(m["bleu4"], 4),
                 "eval_exact_match": round(m["exact_match"], 4), "eval_generate_seconds": round(cost, 2)}
         if self.trainer is not None:
+            # Trainer.log clears control.should_log; keep this step's own training log
+            should_log = control.should_log
             self.trainer.log(logs)
+            control.should_log = should_log
         else:
             log(f"step {state.global_step}: " + ", ".join(f"{k} {v}" for k, v in logs.items()))
 
     def on_train_end(self, args, state, control, **kw):
         if self.runs or self.skipped:
-            total = time.time() - (self.t_begin or time.time())
+            total = time.time() - (time.time() if self.t_begin is None else self.t_begin)
             log(f"generation eval during training: {self.runs} runs, {self.skipped} skipped for the time budget, "
                 f"{self.spent:.0f}s of {total:.0f}s ({100 * self.spent / max(total, 1e-9):.0f}%, "
                 f"limit {100 * self.max_share:.0f}%)")
