@@ -86,13 +86,14 @@ class RunEvaluator:
     run_dir: Path
     sets: dict[str, EvalSet] = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    progress: bool = True
 
     @classmethod
     def for_run(cls, cfg, tokenizer, template, eval_rows: list[dict], run_dir: Path,
-                resume: bool = False) -> "RunEvaluator":
+                resume: bool = False, progress: bool = True) -> "RunEvaluator":
         """Eval sets for this run. A fresh run drops an old eval.json; a resumed run keeps its
         "before" measurements (the base model has not changed)."""
-        ev = cls(cfg, tokenizer, template, Path(run_dir))
+        ev = cls(cfg, tokenizer, template, Path(run_dir), progress=progress)
         old = ev.run_dir / EVAL_FILE
         if old.exists():
             if resume:
@@ -127,7 +128,7 @@ class RunEvaluator:
         """phase 'before' (base model) or 'after' (tuned model): every eval set, same settings."""
         for name, s in self.sets.items():
             r = evaluate_set(model, self.tokenizer, self.template, s, self.settings, label=f"{name} {phase}",
-                             max_length=self.cfg.data.max_length)
+                             progress=self.progress, max_length=self.cfg.data.max_length)
             self.results.setdefault(name, {})[phase] = r
             m = r["metrics"]
             log(f"{name} {phase}: ROUGE-L {m['rouge_l']:.2f}, BLEU-4 {m['bleu4']:.2f}, exact match "

@@ -8,6 +8,8 @@ Run folder layout (one per run):
     final/           adapter or full model + tokenizer, loadable by plain transformers/peft
     rejects.jsonl    records that could not be used, with file:line and reason
     summary.json     counts, timings, eval loss before and after, throughput
+    eval.json        generation metrics before/after on held-out and general data (seektune.eval)
+    report.md/.html  the run report with curves, tables and sample generations (seektune.eval.report)
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True) -> di
     from ..eval.run_eval import RunEvaluator
 
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    evaluator = RunEvaluator.for_run(cfg, tok, template, data.eval, run_dir, resume=bool(ckpt))
+    evaluator = RunEvaluator.for_run(cfg, tok, template, data.eval, run_dir, resume=bool(ckpt),
+                                     progress=show_progress)
     if cfg.eval.before_after and not ckpt:
         evaluator.measure(model, "before")
 
