@@ -80,3 +80,23 @@ def test_cli_eval_errors_are_clear(tmp_path):
 
     res = CliRunner().invoke(app, ["eval", "tiny-qwen2", "--data", str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_cli_eval_on_a_plain_model_and_on_an_adapter_folder(run, tmp_path):
+    from seektune.cli import app
+
+    data = str(run.parent / "med.jsonl")
+    res = CliRunner().invoke(app, ["eval", "tiny-deepseek-v3", "--data", data, "--samples", "2", "--template",
+                                   "deepseek-v3", "--no-ppl", "--out", str(tmp_path / "plain"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    plain = json.loads((tmp_path / "plain" / "eval.json").read_text(encoding="utf-8"))
+    assert set(plain["sets"]["heldout"]) == {"after"} and plain["kind"] == "model"
+    assert "perplexity" not in plain["sets"]["heldout"]["after"]["metrics"]
+    # the adapter folder alone: base read from adapter_config.json, tuned answers differ from the base's
+    res = CliRunner().invoke(app, ["eval", str(run / "final"), "--data", data, "--samples", "2", "--base",
+                                   "--template", "deepseek-v3", "--out", str(tmp_path / "adapter"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    ad = json.loads((tmp_path / "adapter" / "eval.json").read_text(encoding="utf-8"))["sets"]["heldout"]
+    assert ad["before"]["metrics"]["perplexity"] != ad["after"]["metrics"]["perplexity"]
+    assert [s["prediction"] for s in ad["before"]["samples"]] == \
+        [s["prediction"] for s in plain["sets"]["heldout"]["after"]["samples"]]  # base == the plain model

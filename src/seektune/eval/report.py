@@ -198,7 +198,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _html_table(header: list[str], rows: list, flags: list[bool] | None = None) -> str:
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>" if any(header) else ""
+    out = [f"<table>{head}<tbody>"]
     for i, row in enumerate(rows):
         cls = ' class="flag"' if flags and flags[i] else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
@@ -264,7 +265,7 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
 
     for heading, rows in (("Configuration", config_rows(cfg, summary)), ("Data", data_rows(cfg, summary))):
         if rows:
-            md += [f"## {heading}", "", _md_table(["", ""], rows), ""]
+            md += [f"## {heading}", "", _md_table(["item", "value"], rows), ""]
             h += [f"<h2>{heading}</h2>", _html_table(["", ""], rows)]
 
     if plots:
