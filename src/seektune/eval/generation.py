@@ -108,7 +108,9 @@ def generate_texts(model, tokenizer, template, prompts: list[list[dict]], settin
                 gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
                 new = gen[:, ids.shape[1]:].tolist()
                 for i, row in zip(idx, new):
-                    out[i] = tokenizer.decode(_cut_at_stop(row, stop_set), skip_special_tokens=True).strip()
+                    text = tokenizer.decode(_cut_at_stop(row, stop_set), skip_special_tokens=True)
+                    # a max_new_tokens cut can split a multi-byte character: drop the broken tail
+                    out[i] = text.rstrip("\ufffd").strip()
                 if on_batch:
                     on_batch(len(idx))
     finally:
