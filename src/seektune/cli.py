@@ -144,9 +144,45 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
 
 
 @app.command("eval")
-def eval_cmd(target: str = typer.Argument(..., help="run folder or model")):
-    """Evaluate a base model, an adapter run or a merged model."""
-    _not_yet("eval", 6)
+def eval_cmd(target: str = typer.Argument(..., help="run folder, adapter folder, merged model folder or preset"),
+             data: Optional[Path] = typer.Option(None, "--data", help="eval file (default for a run: its held-out split)"),
+             base: bool = typer.Option(False, "--base", help="also evaluate the base model: before/after table"),
+             general: Optional[Path] = typer.Option(None, "--general", help="general-domain file for the forgetting check"),
+             out: Optional[Path] = typer.Option(None, "--out", help="folder for eval.json and the report (default: RUN/eval, or runs/eval-NAME)"),
+             samples: Optional[int] = typer.Option(None, "--samples", min=1, help="records per eval set (default eval.samples)"),
+             max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1),
+             batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="generation batch (bounds memory)"),
+             sample: bool = typer.Option(False, "--sample", help="sample instead of greedy decoding"),
+             temperature: Optional[float] = typer.Option(None, "--temperature", min=0.01),
+             threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=0.99,
+                                                       help="forgetting flag: relative drop (default 0.05)"),
+             template: Optional[str] = typer.Option(None, "--template", help="chat template (default: the run's, else auto)"),
+             no_ppl: bool = typer.Option(False, "--no-ppl", help="skip perplexity on the references"),
+             threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads")):
+    """Evaluate a base model, an adapter run or a merged model: ROUGE-L, BLEU-4, exact match, perplexity."""
+    _quiet_libraries()
+    from .eval.run_eval import run_eval
+
+    try:
+        run_eval(target, str(data) if data else None, str(out) if out else None, base=base,
+                 general=str(general) if general else None, template_name=template, samples=samples,
+                 eval_overrides={"max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                                 "do_sample": sample or None, "temperature": temperature,
+                                 "forgetting_threshold": threshold},
+                 with_perplexity=not no_ppl, threads=threads)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command("report")
+def report_cmd(run: Path = typer.Argument(..., help="run (or eval) folder")):
+    """(Re)build report.md and report.html from a run folder's saved metrics and eval results."""
+    from .eval.report import write_report
+
+    if not run.is_dir():
+        _fail(f"{run}: not a folder")
+    md, html = write_report(run)
+    typer.echo(f"{md}\n{html}")
 
 
 _DEPLOY_CONFIG = typer.Option(None, "--config", help="YAML whose `deploy:` section sets defaults "

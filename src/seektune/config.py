@@ -206,7 +206,7 @@ class DeployConfig(_Section):
     """`seektune export / prune / serve` settings (CLI flags override these)."""
     export_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights dtype of `seektune export`")
     adapter_only: bool = Field(False, description="export the LoRA adapter without merging")
-    quantize: Literal["int8"] | None = Field(None, description="int8: also write OUT/int8 (dynamic CPU / weight-only GPU)")
+    quantize: Literal["int8"] | None = Field(None, description="int8: also write OUT/int8 (loaded weight-only by default)")
     verify: bool = Field(True, description="reload the export and compare logits with the adapter model")
     prune_heads: float = Field(0.3, gt=0, lt=1, description="share of attention heads `seektune prune` removes")
     calib_samples: int = Field(32, ge=1, description="calibration texts for head importance")
@@ -221,6 +221,29 @@ class DeployConfig(_Section):
     model_name: str | None = Field(None, description="model id served in /v1/models (default: run folder name)")
 
 
+class EvalConfig(_Section):
+    """Generation metrics (ROUGE-L, BLEU-4, exact match, perplexity), the before/after comparison,
+    the forgetting check and the run report (issue 6)."""
+
+    generate_every: int | None = Field(
+        None, ge=1, description="during training, run generation metrics every N steps (default: off)")
+    generate_samples: int = Field(16, ge=1, description="size of the fixed eval subset used for generation metrics")
+    samples: int = Field(50, ge=1, description="held-out records generated for the end-of-run before/after eval")
+    max_new_tokens: int = Field(128, ge=1, description="generation stops at eos or after this many new tokens")
+    batch_size: int = Field(8, ge=1, description="generation batch size (bounds memory)")
+    do_sample: bool = Field(False, description="greedy decoding unless true")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature (only with do_sample)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (only with do_sample)")
+    general_eval: str | None = Field(
+        None, description="general-domain eval file for the forgetting check, e.g. ../shared/data/general/alpaca_zh_demo.json")
+    general_samples: int = Field(40, ge=1, description="records of general_eval measured before and after")
+    forgetting_threshold: float = Field(0.05, ge=0, lt=1, description="flag a relative drop larger than this share")
+    before_after: bool = Field(True, description="at the end of training, evaluate the base model too and compare")
+    max_time_share: float = Field(
+        0.2, gt=0, le=1, description="skip a generation eval during training when it would exceed this share of run time")
+    report: bool = Field(True, description="write report.md and report.html into the run folder at the end")
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -228,6 +251,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)

@@ -61,6 +61,8 @@ def demo_config(out: Path, train: Path, eval_: Path, steps: int) -> Config:
         "data": {"train": str(train), "eval": str(eval_), "max_length": 256, "packing": True},
         "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 2, "lr": 5e-4, "min_lr": 5e-5,
                   "warmup_steps": 3, "logging_steps": 5, "seed": 0},
+        # the demo shows its own two answers before/after; the full generation eval is `seektune eval`
+        "eval": {"before_after": False, "report": True},
     })
 
 

@@ -8,6 +8,8 @@ Run folder layout (one per run):
     final/           adapter or full model + tokenizer, loadable by plain transformers/peft
     rejects.jsonl    records that could not be used, with file:line and reason
     summary.json     counts, timings, eval loss before and after, throughput
+    eval.json        generation metrics before/after on held-out and general data (seektune.eval)
+    report.md/.html  the run report with curves, tables and sample generations (seektune.eval.report)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..data.sft import build_sft_data, pack_examples
 from ..data.templates import get_template
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
-from ..utils.console import console, log
+from ..utils.console import console, log, warn
 from ..models.loader import is_moe
 from ..utils.dist import is_main, local_world_size, world_size
 from .callbacks import MetricsLogger, RichProgress
@@ -340,6 +342,16 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
         log(f"packing: {s['train']} samples into {len(train_rows)} rows of <= {cfg.data.max_length} tokens")
     eval_rows = _strip_meta(data.eval)
 
+    # issue 6: generation metrics of the base model, before any adapter touches it
+    from ..eval.callback import make_generation_callback
+    from ..eval.run_eval import RunEvaluator
+
+    ckpt = latest_checkpoint(run_dir / "checkpoints", log_warning=warn) if resume else None
+    evaluator = RunEvaluator.for_run(cfg, tok, template, data.eval, run_dir, resume=bool(ckpt),
+                                     progress=show_progress)
+    if cfg.eval.before_after and not ckpt and main:
+        evaluator.measure(model, "before")
+
     if init_adapter:
         from peft import PeftModel
 
@@ -384,7 +396,9 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TrainingMonitor):
             cb.trainer = trainer
-    ckpt = latest_checkpoint(run_dir / "checkpoints", log_warning=health.warn) if resume else None
+    gen_cb = make_generation_callback(cfg, tok, evaluator.generation_subset(), template)
+    if gen_cb is not None:
+        trainer.add_callback(gen_cb.attach(trainer))
     if resume:
         log(f"resuming from {ckpt}" if ckpt else "no complete checkpoint found; starting from the beginning")
         if main:
@@ -427,6 +441,15 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
         (run_dir / "eval_tokens.json").write_text(json.dumps(eval_rows))  # for drift checks of later runs
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
         print_summary(summary)
+        if evaluator.sets:  # issue 6: tuned model on the same records and decoding as "before"
+            evaluator.measure(trainer.model, "after")
+            for row in evaluator.flagged():
+                console.print(f"[bold red]forgetting:[/] general {row['metric']} {row['before']:.2f} -> "
+                              f"{row['after']:.2f} ({100 * row['relative']:+.1f}%)")
+        if cfg.eval.report:
+            from ..eval.report import write_report
+
+            log(f"report: {write_report(run_dir)[1]}")
     summary["_trainer"] = trainer
     return summary
 
