@@ -210,3 +210,23 @@ def test_cli_train_routes_classification_and_reports_user_errors(tmp_path):
     assert r.exit_code == 2 and "missing.csv" in r.output
     r = CliRunner().invoke(app, ["train", str(cfg), "--set", "data.stride=-1"])
     assert r.exit_code == 2 and "data.stride" in r.output
+
+
+def test_classification_early_stopping_follows_eval_accuracy(tmp_path):
+    """Periodic evals log eval_accuracy/eval_f1; early stopping watches them (mode=min turns a flat or
+    rising accuracy into 'no improvement', so the run stops after `patience` evals)."""
+    from seektune.train.classify import run_classify
+
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"text": f"{w} example {i}", "label": w}) + "\n"
+                         for i in range(12) for w in ("good", "bad")), encoding="utf-8")
+    cfg = load_config(None, ["model.name_or_path=tiny-qwen2", "model.task=sequence_classification",
+                             "adapter.method=lora", f"data.train={p}", "data.eval_ratio=0.25", "data.max_length=16",
+                             "train.max_steps=20", "train.batch_size=8", "train.eval_steps=1", "train.lr=0.001",
+                             "train.early_stopping={metric: eval_accuracy, mode: min, patience: 2}",
+                             f"train.output_dir={tmp_path / 'run'}"])
+    s = run_classify(cfg, show_progress=False)
+    assert s["steps"] == 3
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_accuracy" in r and "eval_f1" in r for r in recs)
+    assert any("mem_rss_gb" in r for r in recs)  # the training monitor runs for classification too

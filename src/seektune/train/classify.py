@@ -36,6 +36,7 @@ from ..models.adapters import apply_adapter
 from ..models.loader import load_model, load_tokenizer
 from ..utils.console import log, warn
 from .callbacks import MetricsLogger, RichProgress
+from .monitors import Health, TrainingMonitor
 from .sft import SeekTrainer, TokenCounter, configure_threads, latest_checkpoint, training_arguments
 
 
@@ -94,6 +95,20 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
     w = weight.to(logits.device, logits.dtype) if weight is not None else None
     return F.cross_entropy(logits.reshape(-1, c).float(), labels.reshape(-1), weight=w, ignore_index=IGNORE,
                            label_smoothing=smoothing)
+
+
+def _window_metrics(p) -> dict:
+    """Accuracy and macro-F1 per window/token during periodic evals (the final report merges windows),
+    so early stopping and TensorBoard can follow eval_accuracy / eval_f1."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+    pred, labels = np.asarray(logits).argmax(-1), np.asarray(p.label_ids)
+    mask = labels != -100
+    y, yhat = labels[mask], pred[mask]
+    return {"accuracy": float((y == yhat).mean()) if y.size else 0.0,
+            "f1": float(f1_score(y, yhat, average="macro")) if y.size else 0.0}
 
 
 class ClassifyTrainer(SeekTrainer):
@@ -295,15 +310,26 @@ def run_classify(cfg: Config, resume: bool = False, show_progress: bool = True) 
     args = training_arguments(cfg, run_dir, has_eval=bool(eval_rows))
     # batches of similar lengths: short classification texts otherwise spend ~half their compute on padding
     args.train_sampling_strategy = "group_by_length"
+    health = Health()
+    extra = []
+    if cfg.train.early_stopping:  # on eval_loss, eval_accuracy or eval_f1 (from _window_metrics)
+        from transformers import EarlyStoppingCallback
+
+        es = cfg.train.early_stopping
+        extra.append(EarlyStoppingCallback(early_stopping_patience=es.patience, early_stopping_threshold=es.min_delta))
     trainer = ClassifyTrainer(
         model=model, args=args, train_dataset=train_rows,
         eval_dataset=[{k: v for k, v in r.items() if k != "word_index"} for r in eval_rows] or None,
-        data_collator=collator, processing_class=tok,
-        callbacks=[MetricsLogger(run_dir, counter), RichProgress(counter, enabled=show_progress)],
+        data_collator=collator, processing_class=tok, compute_metrics=_window_metrics,
+        callbacks=[TrainingMonitor(cfg.monitor, health, model), MetricsLogger(run_dir, counter),
+                   RichProgress(counter, enabled=show_progress), *extra],
         token_counter=counter, pad_token_id=tok.pad_token_id, st_cfg=cfg, loss_weight=weight,
-        label_smoothing=cfg.train.label_smoothing,
+        label_smoothing=cfg.train.label_smoothing, health=health,
     )
     trainer.remove_callback(PrinterCallback)
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TrainingMonitor):
+            cb.trainer = trainer
     ckpt = latest_checkpoint(run_dir / "checkpoints") if resume else None
     ebs = cfg.train.eval_batch_size or cfg.train.batch_size
 
