@@ -54,7 +54,7 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
           no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)")):
-    """Fine-tune a model as the YAML config says (stage sft)."""
+    """Fine-tune a model as the YAML config says (train.stage: sft, rm, dpo or ppo)."""
     _quiet_libraries()
     from .config import load_config
 
@@ -65,6 +65,11 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
             from .utils.console import log
 
             cfg = run_pipeline(cfg, Path(cfg.train.output_dir) / "data", show_progress=not no_progress, log=log)
+        if cfg.train.stage != "sft":  # preference alignment: rm, dpo, ppo (docs/alignment.md)
+            from .train.align import run_stage
+
+            run_stage(cfg, show_progress=not no_progress)
+            return
         if cfg.model.task != "causal_lm":
             _not_yet(f"train with model.task={cfg.model.task}", 5)
         from .train.sft import run_sft
