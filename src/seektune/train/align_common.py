@@ -29,14 +29,16 @@ def start_run(cfg: Config) -> tuple[Path, int]:
     return run_dir, threads
 
 
-def prepare_pairs(cfg: Config, tok, template, run_dir: Path) -> tuple[list[RenderedPair], list[RenderedPair], dict]:
+def prepare_pairs(cfg: Config, tok, template, run_dir: Path, prompts_only: bool = False) -> tuple[list[RenderedPair], list[RenderedPair], dict]:
     """Read, render and length-filter the preference pairs; every rejected or too-long pair goes to rejects.jsonl."""
     data = load_preference_data(cfg.data, cfg.align, cfg.train.seed)
     train = [render_pair(p, template) for p in data.train]
     ev = [render_pair(p, template) for p in data.eval]
     max_prompt = min(cfg.align.max_prompt_length, cfg.data.max_length - 1)
-    train, long_t = truncate_pairs(train, tok, cfg.data.max_length, max_prompt)
-    ev, long_e = truncate_pairs(ev, tok, cfg.data.max_length, max_prompt)
+    # PPO uses only the prompts: their responses may be of any length
+    max_total = 10 ** 9 if prompts_only else cfg.data.max_length
+    train, long_t = truncate_pairs(train, tok, max_total, max_prompt)
+    ev, long_e = truncate_pairs(ev, tok, max_total, max_prompt)
     rejects = data.rejects + [{"source": d["where"].rsplit(":", 1)[0], "line": int(d["where"].rsplit(":", 1)[1]),
                                "reason": d["reason"]} for d in long_t + long_e]
     write_jsonl(run_dir / "rejects.jsonl", rejects)

@@ -217,7 +217,7 @@ def run_ppo(cfg: Config, show_progress: bool = True) -> dict:
     run_dir, threads = start_run(cfg)
     policy, tok, model_path = load_model(cfg.model, log=log)
     template = get_template(cfg.data.template, tok)
-    train, _, stats = prepare_pairs(cfg, tok, template, run_dir)  # prompts of the preference data
+    train, _, stats = prepare_pairs(cfg, tok, template, run_dir, prompts_only=True)  # the preference prompts
     prompts = [p.prompt for p in train]
     policy, rep = apply_adapter(policy, cfg.adapter, "causal_lm", log=log)
     for line in rep.lines():
