@@ -167,7 +167,6 @@ def load_preference_data(data_cfg, align_cfg, seed: int) -> PreferenceData:
         held = set(order[:k])
         ev = [train[i] for i in sorted(held)]
         train = [p for i, p in enumerate(train) if i not in held]
-    ev = ev[: align_cfg.eval_pairs]
     if not train:
         raise DataError(f"{data_cfg.train}: no training pairs left after the eval hold-out")
     return PreferenceData(train, ev, rejects, read)

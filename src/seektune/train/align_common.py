@@ -39,6 +39,7 @@ def prepare_pairs(cfg: Config, tok, template, run_dir: Path, prompts_only: bool 
     max_total = 10 ** 9 if prompts_only else cfg.data.max_length
     train, long_t = truncate_pairs(train, tok, max_total, max_prompt)
     ev, long_e = truncate_pairs(ev, tok, max_total, max_prompt)
+    ev = ev[: cfg.align.eval_pairs]  # capped after the length filter, so the cap is what gets measured
     rejects = data.rejects + [{"source": d["where"].rsplit(":", 1)[0], "line": int(d["where"].rsplit(":", 1)[1]),
                                "reason": d["reason"]} for d in long_t + long_e]
     write_jsonl(run_dir / "rejects.jsonl", rejects)
