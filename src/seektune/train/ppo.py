@@ -338,8 +338,8 @@ def plot_reward_curve(history: list[dict], path: Path) -> None:
     steps = [r["step"] for r in history]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(steps, [r["score"] for r in history], label="reward-model score")
-    k = max(1, len(history) // 8)
-    if len(history) >= k:
+    k = max(2, len(history) // 5)
+    if len(history) >= 2 * k:
         smooth = [sum(r["score"] for r in history[max(0, i - k + 1): i + 1]) / len(history[max(0, i - k + 1): i + 1])
                   for i in range(len(history))]
         ax[0].plot(steps, smooth, label=f"moving mean ({k})")
