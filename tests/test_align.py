@@ -238,3 +238,14 @@ def test_ppo_runs_end_to_end_on_tiny_models(rm_run, tmp_path):
     lora_b = [p for n, p in s["_policy"].named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b), "PPO updated no LoRA weight"
     assert (run / "final" / "value_head.pt").exists()
+
+
+def test_cli_ppo_without_reward_model_is_a_user_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from seektune.cli import app
+
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text("model: {name_or_path: tiny-qwen2}\ntrain: {stage: ppo, output_dir: %s}\n" % (tmp_path / "run"))
+    res = CliRunner().invoke(app, ["train", str(cfg), "--no-progress"])
+    assert res.exit_code == 2 and "align.reward_model" in res.output
