@@ -60,7 +60,8 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           node_rank: int = typer.Option(0, "--node-rank", help="rank of this node"),
           master_addr: Optional[str] = typer.Option(None, "--master-addr", help="address of node 0"),
           master_port: int = typer.Option(29500, "--master-port", help="rendezvous port on node 0")):
-    """Fine-tune a model as the YAML config says (sft, or sequence/token classification by model.task).
+    """Fine-tune a model as the YAML config says: train.stage sft (causal LM, or sequence/token
+    classification by model.task), rm, dpo or ppo.
     --nproc N runs N processes through torchrun."""
     _quiet_libraries()
     from .config import load_config
@@ -85,6 +86,11 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
             cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume)
             log("launching: " + " ".join(cmd))
             raise typer.Exit(subprocess.call(cmd))
+        if cfg.train.stage != "sft":  # preference alignment: rm, dpo, ppo (docs/alignment.md)
+            from .train.align import run_stage
+
+            run_stage(cfg, show_progress=not no_progress)
+            return
         if cfg.model.task in ("sequence_classification", "token_classification"):
             from .train.classify import run_classify
 

@@ -157,7 +157,8 @@ class DeepSpeedConfig(_Section):
 
 
 class TrainConfig(_Section):
-    stage: Literal["sft"] = "sft"
+    stage: Literal["sft", "rm", "dpo", "ppo"] = Field(
+        "sft", description="sft | rm (reward model) | dpo | ppo (see docs/alignment.md)")
     output_dir: str = "runs/default"
     max_steps: int = Field(-1, description="stop after N optimizer steps; -1 means use epochs")
     epochs: float = Field(1.0, gt=0)
@@ -244,6 +245,36 @@ class EvalConfig(_Section):
     report: bool = Field(True, description="write report.md and report.html into the run folder at the end")
 
 
+class AlignConfig(_Section):
+    """Preference alignment (train.stage rm, dpo, ppo); see docs/alignment.md."""
+
+    format: Literal["auto", "pairs", "sharegpt", "hh"] = Field(
+        "auto", description="preference data: pairs (prompt/chosen/rejected), sharegpt (conversations + chosen/rejected), hh (transcripts)")
+    beta: float = Field(0.1, gt=0, description="DPO: strength of the pull towards the reference")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm"] = Field("sigmoid", description="DPO loss")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO: assumed share of flipped labels (robust/sigmoid)")
+    max_prompt_length: int = Field(256, ge=4, description="PPO: prompt tokens kept (left-truncated)")
+    reward_model: str | None = Field(None, description="PPO: an rm run folder (its final/), a model folder or a preset")
+    kl_coef: float = Field(0.05, ge=0, description="PPO: initial KL penalty coefficient")
+    target_kl: float | None = Field(6.0, gt=0, description="PPO: adaptive KL control target (null = fixed kl_coef)")
+    kl_horizon: int = Field(10000, ge=1, description="PPO: adaptive KL controller horizon (samples)")
+    clip_range: float = Field(0.2, gt=0, description="PPO: policy ratio clip")
+    clip_range_value: float = Field(0.2, gt=0, description="PPO: value clip")
+    vf_coef: float = Field(0.1, ge=0, description="PPO: value loss weight")
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda")
+    ppo_epochs: int = Field(2, ge=1, description="PPO: optimisation passes over each rollout batch")
+    rollout_batch_size: int = Field(8, ge=1, description="PPO: prompts per rollout (train.batch_size = minibatch)")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0 = no top-k cut (sample the full distribution)")
+    top_p: float = Field(1.0, gt=0, le=1)
+    reward_norm: bool = Field(True, description="PPO: whiten scores with running mean/std")
+    reward_clip: float | None = Field(5.0, gt=0, description="PPO: clip normalised scores to +-this")
+    missing_eos_penalty: float | None = Field(None, description="PPO: subtract from the score of responses that never end")
+    eval_pairs: int = Field(100, ge=1, description="held-out pairs for accuracy / margins (from data.eval or eval_ratio)")
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -252,6 +283,7 @@ class Config(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
