@@ -146,3 +146,17 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, alpaca_file):
     assert sorted(a) == sorted(b) == list(range(1, 13))
     for step in a:
         assert math.isclose(a[step], b[step], rel_tol=0, abs_tol=1e-5), (step, a[step], b[step])
+
+
+def test_early_stopping_on_rouge_l(tmp_path, alpaca_file):
+    """Generation metrics join periodic evals when early stopping follows one of them."""
+    from seektune.config import EarlyStoppingConfig
+
+    cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=20, train__eval_steps=1,
+                      train__early_stopping=EarlyStoppingConfig(metric="eval_rouge_l", mode="min", patience=2))
+    cfg.eval.max_new_tokens = 8
+    cfg.eval.before_after = False
+    s = run_sft(cfg, show_progress=False)
+    assert s["steps"] == 3 and s["stopped_early"]
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in recs if "eval_rouge_l" in r and "eval_loss" in r) >= 3

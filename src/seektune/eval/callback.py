@@ -19,6 +19,9 @@ from .generation import GenerationSettings, generate_texts
 from .metrics import text_metrics
 
 
+GENERATION_METRICS = ("rouge_l", "bleu4", "exact_match")
+
+
 class GenerationEvalCallback(TrainerCallback):
     def __init__(self, tokenizer, template, items: list, settings: GenerationSettings, every: int,
                  max_time_share: float = 0.2):
@@ -50,14 +53,9 @@ class GenerationEvalCallback(TrainerCallback):
         elapsed = now - (now if self.t_begin is None else self.t_begin)
         return self.spent + self.last_cost <= self.max_share * (elapsed + self.last_cost)
 
-    def on_step_end(self, args, state, control, model=None, **kw):
-        if not self.items or state.global_step == 0 or state.global_step % self.every:
-            return
-        if not state.is_world_process_zero:
-            return
-        if not self.within_budget(time.time()):
-            self.skipped += 1
-            return
+    def measure(self, model) -> dict:
+        """Generate for the fixed subset and score it; also used inside evaluations, so that early
+        stopping can follow eval_rouge_l / eval_bleu4 / eval_exact_match."""
         t0 = time.time()
         preds = generate_texts(model, self.tok, self.template, [it.prompt for it in self.items], self.settings)
         m = text_metrics(preds, [it.reference for it in self.items])
@@ -65,8 +63,18 @@ class GenerationEvalCallback(TrainerCallback):
         self.spent += cost
         self.last_cost = cost
         self.runs += 1
-        logs = {"eval_rouge_l": round(m["rouge_l"], 4), "eval_bleu4": round(m["bleu4"], 4),
+        return {"eval_rouge_l": round(m["rouge_l"], 4), "eval_bleu4": round(m["bleu4"], 4),
                 "eval_exact_match": round(m["exact_match"], 4), "eval_generate_seconds": round(cost, 2)}
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if not self.every or not self.items or state.global_step == 0 or state.global_step % self.every:
+            return
+        if not state.is_world_process_zero:
+            return
+        if not self.within_budget(time.time()):
+            self.skipped += 1
+            return
+        logs = self.measure(model)
         if self.trainer is not None:
             # Trainer.log clears control.should_log; keep this step's own training log
             should_log = control.should_log
@@ -86,7 +94,9 @@ class GenerationEvalCallback(TrainerCallback):
 def make_generation_callback(cfg, tokenizer, eval_records: list, template=None) -> GenerationEvalCallback | None:
     """The in-training generation callback for this config, or None when eval.generate_every is off
     or there are no held-out records. Call `.attach(trainer)` once the trainer exists."""
-    if not cfg.eval.generate_every or not eval_records:
+    es = cfg.train.early_stopping
+    wanted_by_early_stopping = es is not None and es.metric.removeprefix("eval_") in GENERATION_METRICS
+    if not (cfg.eval.generate_every or wanted_by_early_stopping) or not eval_records:
         return None
     if template is None:
         from ..data.templates import get_template

@@ -138,6 +138,15 @@ class SeekTrainer(Trainer):
         loss = loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
         return (loss, outputs) if return_outputs else loss
 
+    def evaluation_loop(self, *a, **kw):
+        """Periodic evals also carry generation metrics when early stopping follows one of them."""
+        out = super().evaluation_loop(*a, **kw)
+        prefix = kw.get("metric_key_prefix", a[4] if len(a) > 4 else "eval")
+        gen = getattr(self, "generation_eval", None)
+        if gen is not None and getattr(self, "generation_in_eval", False) and prefix == "eval" and gen.items:
+            out.metrics.update(gen.measure(self.model))
+        return out
+
     # -- optimizer and schedule ---------------------------------------------------------------
     def create_optimizer(self, *a, **kw):
         if self.optimizer is None and self.st_cfg is not None:
@@ -399,6 +408,9 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
     gen_cb = make_generation_callback(cfg, tok, evaluator.generation_subset(), template)
     if gen_cb is not None:
         trainer.add_callback(gen_cb.attach(trainer))
+        es = cfg.train.early_stopping
+        trainer.generation_eval = gen_cb
+        trainer.generation_in_eval = es is not None and es.metric.startswith(("eval_rouge", "eval_bleu", "eval_exact"))
     if resume:
         log(f"resuming from {ckpt}" if ckpt else "no complete checkpoint found; starting from the beginning")
         if main:
