@@ -230,3 +230,24 @@ def test_classification_early_stopping_follows_eval_accuracy(tmp_path):
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_accuracy" in r and "eval_f1" in r for r in recs)
     assert any("mem_rss_gb" in r for r in recs)  # the training monitor runs for classification too
+
+
+def test_seektune_eval_on_a_classification_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from seektune.cli import app
+    from seektune.train.classify import run_classify
+
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"text": f"{w} example {i}", "label": w}) + "\n"
+                         for i in range(12) for w in ("good", "bad")), encoding="utf-8")
+    cfg = load_config(None, ["model.name_or_path=tiny-qwen2", "model.task=sequence_classification",
+                             "adapter.method=lora", f"data.train={p}", "data.eval_ratio=0.25", "data.max_length=16",
+                             "train.max_steps=2", "train.batch_size=8", f"train.output_dir={tmp_path / 'run'}"])
+    run_classify(cfg, show_progress=False)
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--data", str(p)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "run" / "eval" / "eval_metrics.json").read_text())
+    assert 0.0 <= m["accuracy"] <= 1.0 and m["labels"] == ["bad", "good"]
+    assert sum(map(sum, m["confusion_matrix"])) == 24
+    assert (tmp_path / "run" / "eval" / "confusion_matrix.png").exists()

@@ -94,3 +94,16 @@ def scalar_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
         for lab, v in (metrics.get(group) or {}).items():
             out[f"{prefix}f1_{lab}"] = float(v["f1"])
     return out
+
+
+def run_eval(target: str, data: str) -> dict:
+    """`seektune eval RUN --data FILE` for sequence/token-classification runs (see train.classify)."""
+    from pathlib import Path
+
+    from ..data.io import DataError
+    from ..train.classify import evaluate_run
+
+    if not (Path(target) / "labels.json").exists():
+        raise DataError(f"{target}: classification / NER evaluation needs a seektune run folder "
+                        "(config.yaml, labels.json, final/)")
+    return evaluate_run(target, data)

@@ -379,3 +379,51 @@ def _summary_metrics(task: str, m: dict | None) -> dict | None:
     if task == "token_classification":
         out.update({f"entity_{k}": m["entity"][k] for k in ("precision", "recall", "f1")})
     return out
+
+
+def evaluate_run(run_dir: str | Path, data_file: str, out_dir: str | Path | None = None) -> dict:
+    """`seektune eval RUN --data FILE` for classification / NER runs: the run's final model on FILE,
+    with the run's labels, windows and merging; metrics, confusion PNG and predictions in RUN/eval/."""
+    from ..config import load_config
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    task = cfg.model.task
+    final = run_dir / "final"
+    labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    rejects: list[dict] = []
+    dcfg = cfg.data.model_copy(update={"train": data_file, "eval": data_file, "max_samples": None, "pipeline": []})
+    load = load_sequence_data if task == "sequence_classification" else load_token_data
+    data = load(dcfg, cfg.train.seed, rejects)
+    unknown = sorted({lab for lab in data.labels if lab not in labels})
+    if unknown:
+        raise DataError(f"{data_file}: labels {unknown} were not seen in training ({run_dir / 'labels.json'})")
+    data.labels = labels
+    tok = load_tokenizer(cfg.model.model_copy(update={"name_or_path": str(final), "tokenizer": None}))
+    if (final / "adapter_config.json").exists():
+        from peft import AutoPeftModelForSequenceClassification, AutoPeftModelForTokenClassification
+
+        cls = AutoPeftModelForSequenceClassification if task == "sequence_classification" else \
+            AutoPeftModelForTokenClassification
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+        cls = AutoModelForSequenceClassification if task == "sequence_classification" else \
+            AutoModelForTokenClassification
+    model = cls.from_pretrained(str(final)).eval()
+    max_length = _max_length(cfg, tok)
+    _, eval_rows, owners = build_rows(task, data, tok, max_length, cfg.data.stride)
+    collator = ClassifyCollator(tok.pad_token_id)
+    metrics, preds = evaluate(task, model, data, eval_rows, owners, collator,
+                              cfg.train.eval_batch_size or cfg.train.batch_size)
+    out = Path(out_dir or run_dir / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "eval_predictions.jsonl", preds)
+    if rejects:
+        write_jsonl(out / "rejects.jsonl", rejects)
+    save_confusion_png(metrics["confusion_matrix"], metrics["labels"], out / "confusion_matrix.png")
+    (out / "eval_metrics.json").write_text(json.dumps({"data": str(data_file), **metrics}, indent=1,
+                                                      ensure_ascii=False), encoding="utf-8")
+    log(f"{data_file}: " + _headline(task, metrics) + f" ({len(data.eval)} items, rejected {len(rejects)}); "
+        f"written to {out}")
+    return {"task": task, "metrics": metrics, "out_dir": str(out)}
