@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .io import DataError, _text_lines, detect_encoding, file_kind
-from .ner import Sentence, read_tagged, split_tag, strip_segmentation_digit, tags_to_spans
+from .io import DataError, file_kind
+from .ner import Sentence, conll_lines, read_tagged, split_tag, strip_segmentation_digit, tags_to_spans
 
 PREFIXES = {"bio": "BI", "iob": "BI", "iobes": "BIES"}
 GATES = ("f1", "kappa", "agreement")
@@ -87,14 +87,10 @@ def read_for_check(path: str | Path, strip_digits: bool = False) -> tuple[list[C
             out.append(CheckedSentence(Sentence(toks, tags, src, lines[0]), lines))
         toks, tags, lines = [], [], []
 
-    for i, raw in enumerate(_text_lines(path, detect_encoding(path)), start=1):
-        line = raw.rstrip("\r\n").lstrip("\ufeff")
-        if not line.strip():
+    for i, cols, line in conll_lines(path):
+        if cols is None:
             flush()
             continue
-        if line.startswith("-DOCSTART-"):
-            continue
-        cols = line.split("\t") if "\t" in line else line.split()
         if len(cols) < 2 or not cols[-1].strip():
             issues.append(Issue(src, i, "count_mismatch", f"a token without a tag: {line!r}"))
             cols = [cols[0] if cols else "", ""]

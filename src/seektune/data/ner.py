@@ -58,6 +58,19 @@ class ConversionStats:
 # tags <-> spans
 # --------------------------------------------------------------------------------------------
 
+
+def conll_lines(path):
+    """(line number, columns, raw line) for every line of a CoNLL file; columns is None at a sentence
+    break (blank line). -DOCSTART- lines are skipped. Shared by the reader and the annotation QC."""
+    for i, raw in enumerate(_text_lines(path, detect_encoding(path)), start=1):
+        line = raw.rstrip("\r\n").lstrip("\ufeff")
+        if not line.strip():
+            yield i, None, line
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        yield i, (line.split("\t") if "\t" in line else line.split()), line
+
 def split_tag(tag: str) -> tuple[str, str]:
     """'B-PER' -> ('B', 'PER'); 'O' -> ('O', ''). Accepts '-' or '_' after the prefix."""
     if tag == "O":
@@ -234,14 +247,10 @@ def read_conll(path: str | Path, strip_digits: bool = False, errors: list | None
                                "raw": " ".join(tokens)[:2000]})
         tokens, tags, bad_reason = [], [], None
 
-    for i, raw in enumerate(_text_lines(path, detect_encoding(path)), start=1):
-        line = raw.rstrip("\r\n").lstrip("\ufeff")
-        if not line.strip():
+    for i, cols, line in conll_lines(path):
+        if cols is None:
             flush()
             continue
-        if line.startswith("-DOCSTART-"):
-            continue
-        cols = line.split("\t") if "\t" in line else line.split()
         if not tokens and bad_reason is None:
             first = i
         if len(cols) < 2 or not cols[-1].strip():

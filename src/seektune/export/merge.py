@@ -137,18 +137,24 @@ def _copy_adapter(src: Source, out: Path, dtype: str) -> None:
                 shutil.copy2(f, out / f.name)
 
 
-def export_run(target: str | Path, out: str | Path, dtype: str = "fp32", adapter_only: bool = False,
-               verify: bool = True, quantize: str | None = None, overwrite: bool = False) -> ExportResult:
-    """Export `target` into `out`; with `quantize`, the merged model is also quantised there."""
-    if dtype not in DTYPES:
-        raise ExportError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-    src = resolve_source(target)
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """An empty output folder: refuse to mix a new export into an old one unless --overwrite."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ExportError(f"--out {out} exists and is not empty (use --overwrite)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def export_run(target: str | Path, out: str | Path, dtype: str = "fp32", adapter_only: bool = False,
+               verify: bool = True, quantize: str | None = None, overwrite: bool = False) -> ExportResult:
+    """Export `target` into `out`; with `quantize`, the merged model is also quantised there."""
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    src = resolve_source(target)
+    out = prepare_out_dir(out, overwrite)
     t0 = time.time()
     log(f"export: {src.describe()} -> {out}")
 

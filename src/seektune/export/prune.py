@@ -193,16 +193,12 @@ def prune_run(target: str, out: str | Path, share: float, data: str | None = Non
     import shutil
 
     from .measure import latency_per_token, param_count, perplexity, texts_from_file
-    from .merge import attach_chat_template, folder_size
+    from .merge import attach_chat_template, folder_size, prepare_out_dir
     from .source import load_causal_lm, resolve_source
 
     t0 = time.time()
     src = resolve_source(target)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ExportError(f"--out {out} exists and is not empty (use --overwrite)")
-        shutil.rmtree(out)
+    out = prepare_out_dir(out, overwrite)
     data = data or _run_data(src)
     if not data:
         raise ExportError("no calibration data: pass --data FILE (the run's config names none)")
