@@ -20,9 +20,8 @@ from .common import kind_of, read_all, write_records, write_summary
 from .formats import detect_format, to_messages
 from .io import DataError
 from .progress import record_progress
+from .sft import IGNORE, packed_row
 from .views import content_text
-
-IGNORE = -100
 
 
 class CurriculumOptions(BaseModel):
@@ -101,14 +100,7 @@ def pack_in_order(rows: list[dict], max_length: int) -> list[dict]:
 
     def flush():
         if cur:
-            ids, labels, pos = [], [], []
-            for r in cur:
-                ids += r["input_ids"]
-                lab = list(r["labels"])
-                lab[0] = IGNORE
-                labels += lab
-                pos += list(range(len(r["input_ids"])))
-            packed.append({"input_ids": ids, "labels": labels, "position_ids": pos, "num_samples": len(cur)})
+            packed.append(packed_row(cur))
 
     for r in rows:
         n = len(r["input_ids"])

@@ -213,15 +213,17 @@ def pack_examples(rows: list[dict], max_length: int, seed: int = 0) -> list[dict
             space.append(max_length - n)
     rng = random.Random(seed)
     rng.shuffle(bins)
-    packed = []
-    for b in bins:
-        ids, labels, pos = [], [], []
-        for i in b:
-            r = rows[i]
-            ids += r["input_ids"]
-            lab = list(r["labels"])
-            lab[0] = IGNORE
-            labels += lab
-            pos += list(range(len(r["input_ids"])))
-        packed.append({"input_ids": ids, "labels": labels, "position_ids": pos, "num_samples": len(b)})
-    return packed
+    return [packed_row([rows[i] for i in b]) for b in bins]
+
+
+def packed_row(samples: list[dict]) -> dict:
+    """One packed row: samples concatenated, positions restarting at 0 per sample (so attention never
+    crosses samples), and each sample's first label masked (no token learns to follow another sample)."""
+    ids, labels, pos = [], [], []
+    for r in samples:
+        ids += r["input_ids"]
+        lab = list(r["labels"])
+        lab[0] = IGNORE
+        labels += lab
+        pos += list(range(len(r["input_ids"])))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "num_samples": len(samples)}
