@@ -11,7 +11,6 @@ import json
 import random
 from pathlib import Path
 
-import torch
 
 from .config import Config
 from .data.io import read_records, write_jsonl
@@ -66,16 +65,12 @@ def demo_config(out: Path, train: Path, eval_: Path, steps: int) -> Config:
     })
 
 
-@torch.no_grad()
 def _answer(model, tok, template, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
-    texts = [template.prompt([{"role": "user", "content": p}]) for p in prompts]
-    tok.padding_side = "left"
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    model.eval()
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    tok.padding_side = "right"
-    return [tok.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
+    """Greedy answers through the evaluation's batched generator (left padding, stops at end of turn)."""
+    from .eval.generation import GenerationSettings, generate_texts
+
+    return [a.strip() for a in generate_texts(model, tok, template, [[{"role": "user", "content": p}] for p in prompts],
+                                              GenerationSettings(max_new_tokens=max_new_tokens))]
 
 
 def run_demo(out: Path, steps: int = 40) -> dict:
