@@ -178,7 +178,16 @@ class TrainConfig(_Section):
     seed: int = 42
     resume: bool | Literal["auto"] = Field(False, description="true/auto: continue from the newest complete checkpoint")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute activations in backward (less memory, up to ~30% more compute); auto: "
+        "checkpoint every n-th layer only when a batch's activations would exceed activation_budget_gb")
+    activation_budget_gb: float | None = Field(
+        None, gt=0, description="auto checkpointing budget (default: 1/6 of RAM on CPU, 1/3 of GPU memory)")
+    return_freed_memory: bool = Field(
+        True, description="CPU: hand freed activations back to the OS (glibc mmap threshold); without it peak "
+        "RSS was 1.6x the tensors' size")
+    fused_loss: bool = Field(True, description="causal LM: run the LM head and cross-entropy only on labelled positions, "
+                             "in chunks (less memory, faster); false = the model's own loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["auto"] | list[float] | dict[str, float] | None = Field(
         None, description="classification loss weights: auto (inverse frequency), a list in label order, "

@@ -93,7 +93,7 @@ def distributed_kwargs(cfg, model, is_moe: bool) -> dict:
         kw["fsdp"] = "full_shard auto_wrap" + (" offload" if t.fsdp.cpu_offload else "")
         kw["fsdp_config"] = {"version": 2, "transformer_layer_cls_to_wrap": layers,
                              "reshard_after_forward": True, "cpu_ram_efficient_loading": True,
-                             "activation_checkpointing": t.gradient_checkpointing}
+                             "activation_checkpointing": t.gradient_checkpointing is True}
         kw.pop("ddp_find_unused_parameters", None)
         return kw
     if t.distributed == "deepspeed":

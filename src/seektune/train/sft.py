@@ -34,6 +34,8 @@ from ..utils.console import console, log, warn
 from ..models.loader import is_moe
 from ..utils.dist import is_main, local_world_size, world_size
 from .callbacks import MetricsLogger, RichProgress
+from .losses import fused_loss_supported, label_only_lm_loss
+from .memory import plan_checkpointing, return_freed_memory
 from .distributed import distributed_kwargs
 from .monitors import Health, TrainingMonitor
 from .optim import build_param_groups, make_scheduler, warmup_steps
@@ -125,18 +127,32 @@ class SeekTrainer(Trainer):
         return out
 
     def _task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ls = self.st_cfg.train.label_smoothing if self.st_cfg else 0.0
-        if ls <= 0 or "labels" not in inputs or (self.st_cfg and self.st_cfg.model.task != "causal_lm"):
+        cfg = self.st_cfg
+        ls = cfg.train.label_smoothing if cfg else 0.0
+        causal = "labels" in inputs and (cfg is None or cfg.model.task == "causal_lm")
+        if causal and cfg is not None and cfg.train.fused_loss and self._fused_ok(model):
+            loss, outputs = label_only_lm_loss(model, inputs, num_items_in_batch, ls)
+        elif causal and ls > 0:
+            labels = inputs["labels"]
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            logits = outputs.logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                     ignore_index=-100, label_smoothing=ls, reduction="sum")
+            denom = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+            loss = loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
+        else:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        logits = outputs.logits[:, :-1].float()
-        target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, label_smoothing=ls, reduction="sum")
-        denom = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
-        loss = loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
+        if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+                and num_items_in_batch is not None):
+            # as Trainer.compute_loss does: num_items_in_batch counts every process's tokens, and DDP averages
+            loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _fused_ok(self, model) -> bool:
+        if getattr(self, "_fused_checked", None) is None:
+            self._fused_checked = fused_loss_supported(model)
+        return self._fused_checked
 
     def evaluation_loop(self, *a, **kw):
         """Periodic evals also carry generation metrics when early stopping follows one of them."""
@@ -253,8 +269,13 @@ def latest_checkpoint(ckpt_dir: Path, log_warning=None) -> str | None:
     return str(max(cands)[1]) if cands else None
 
 
-def training_arguments(cfg: Config, run_dir: Path, has_eval: bool, dist_kwargs: dict | None = None) -> TrainingArguments:
+def training_arguments(cfg: Config, run_dir: Path, has_eval: bool, dist_kwargs: dict | None = None,
+                       checkpoint_every: int | None = None) -> TrainingArguments:
+    """`checkpoint_every`: every n-th layer is checkpointed (from memory.plan_checkpointing); None = as the
+    config says when it is a plain true/false (auto means off for recipes that do not plan)."""
     t = cfg.train
+    if checkpoint_every is None and t.gradient_checkpointing is True:
+        checkpoint_every = 1
     sched, sched_kwargs = _scheduler(cfg)
     warmup = t.warmup_steps if t.warmup_steps else t.warmup_ratio  # transformers 5: float < 1 = ratio
     cpu = not torch.cuda.is_available()
@@ -296,7 +317,8 @@ def training_arguments(cfg: Config, run_dir: Path, has_eval: bool, dist_kwargs: 
         bf16=False if cpu else cfg.model.dtype == "bfloat16",
         fp16=False,
         remove_unused_columns=False,
-        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=checkpoint_every is not None,
+        activation_checkpointing_kwargs={"every_n_layers": checkpoint_every} if checkpoint_every else None,
         dataloader_num_workers=0,
         train_sampling_strategy="sequential" if cfg.data.curriculum else "random",  # curricula keep their order
         save_only_model=False,
@@ -328,6 +350,8 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     threads = configure_threads(cfg.train.num_threads)
+    if cfg.train.return_freed_memory and not torch.cuda.is_available():
+        return_freed_memory()
     set_seed(cfg.train.seed)
 
     model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout)
@@ -380,8 +404,13 @@ def run_sft(cfg: Config, resume: bool = False, show_progress: bool = True, callb
 
     counter = TokenCounter()
     health = Health()
+    row_tokens = cfg.data.max_length if cfg.data.packing else max((len(r["input_ids"]) for r in train_rows), default=1)
+    every_n, gc_line = plan_checkpointing(cfg.train.gradient_checkpointing, model, cfg.train.batch_size * row_tokens,
+                                          cfg.train.activation_budget_gb)
+    if gc_line:
+        log(gc_line)
     args = training_arguments(cfg, run_dir, has_eval=bool(eval_rows),
-                              dist_kwargs=distributed_kwargs(cfg, model, is_moe(model)))
+                              dist_kwargs=distributed_kwargs(cfg, model, is_moe(model)), checkpoint_every=every_n)
     if world_size() > 1:
         log(f"distributed: {cfg.train.distributed} on {world_size()} processes ({args.ddp_backend or 'auto'}); "
             f"global batch = {cfg.train.batch_size} x {cfg.train.grad_accum} x {world_size()} = "
