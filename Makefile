@@ -27,8 +27,11 @@ test: $(STAMP)
 test-long: $(STAMP)
 	SEEKTUNE_LONG=1 $(PY) -m pytest -q -m slow
 
+# Issue 11: seektune vs the naive HF recipe vs LLaMA-Factory 0.9.5 (installed in bench/peers/ by
+# the script; when it cannot be installed the table says so). About 90 min on 2 CPU cores.
 bench: $(STAMP)
-	$(PY) bench/sft_throughput.py
+	-bash bench/install_llamafactory.sh
+	$(PY) bench/sft_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

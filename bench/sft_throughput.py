@@ -40,8 +40,12 @@ LEVERS = {  # seektune with one lever changed, to measure what each is worth
     "seektune": {},
     "seektune-no-fused-loss": {"train.fused_loss": False},
     "seektune-no-packing": {"data.packing": False},
-    "seektune-grad-ckpt": {"train.gradient_checkpointing": True},
-    "seektune-1-thread": {"train.num_threads": 1},
+    "seektune-grad-ckpt-all": {"train.gradient_checkpointing": True},
+    "seektune-grad-ckpt-off": {"train.gradient_checkpointing": False},
+    "seektune-keep-freed-memory": {"train.return_freed_memory": False},
+    "seektune-thp": {"env:THP_MEM_ALLOC_ENABLE": "1"},  # torch's transparent-huge-page allocations
+    "seektune-mmap-16mb": {"train.return_freed_memory": True, "env:SEEKTUNE_MMAP_THRESHOLD_KB": "16384"},
+    "seektune-mmap-4mb": {"train.return_freed_memory": True, "env:SEEKTUNE_MMAP_THRESHOLD_KB": "4096"},
 }
 JOB = {"r": 16, "alpha": 32, "max_length": 512, "batch": 8, "lr": 1e-4, "records": 1000, "seed": 42}
 
@@ -53,7 +57,7 @@ def matmul_peak_gflops(threads: int, seconds: float = 3.0) -> float:
 
     torch.set_num_threads(threads)
     best = 0.0
-    for n in (1024, 2048, 3072):
+    for n in (1024, 2048, 3072, 2048):
         a, b = torch.randn(n, n), torch.randn(n, n)
         a @ b
         k, t0 = 0, time.perf_counter()
@@ -197,6 +201,9 @@ def run_child(setup: str, a, model_dir: str, data_dir: Path, out: Path, override
     common = ["--model-dir", model_dir, "--data-dir", str(data_dir), "--out", str(out), "--result", str(result),
               "--steps", str(a.steps), "--warmup", str(a.warmup), "--setup", setup]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    overrides = dict(overrides or {})
+    for k in [k for k in overrides if k.startswith("env:")]:
+        env[k[4:]] = str(overrides.pop(k))
     if setup.startswith("lf"):
         py = LF_VENV / "bin" / "python"
         if not py.exists():
@@ -256,6 +263,8 @@ def main():
     ap.add_argument("--setups", default=",".join(SETUPS), help=f"comma list of {', '.join(SETUPS)}")
     ap.add_argument("--levers", action="store_true", help="run seektune with each lever off instead")
     ap.add_argument("--out", default="runs/bench_throughput")
+    ap.add_argument("--reuse", action="store_true", help="take setups already measured in --out instead of rerunning")
+    ap.add_argument("--peak", type=float, default=None, help="a matmul peak (GFLOP/s) measured earlier in the session")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for k in ("--model-dir", "--data-dir", "--result", "--setup", "--overrides"):
         ap.add_argument(k, help=argparse.SUPPRESS)
@@ -275,22 +284,32 @@ def main():
     peak = matmul_peak_gflops(threads)
     print(f"fp32 matmul peak with {threads} threads: {peak:.1f} GFLOP/s", flush=True)
     flops = model_flops(model_dir, JOB["r"])
-    plan = {k: v for k, v in LEVERS.items()} if a.levers else {s: None for s in a.setups.split(",")}
-    rows = []
+    if a.levers:
+        names = a.setups.split(",") if a.setups != ",".join(SETUPS) else list(LEVERS)
+        plan = {k: LEVERS[k] for k in names}
+    else:
+        plan = {s: None for s in a.setups.split(",")}
+    raw = []
     for setup, overrides in plan.items():
         print(f"running {setup} ({a.warmup} + {a.steps} steps) ...", flush=True)
-        res = run_child(setup, a, model_dir, data_dir, out, overrides)
-        rows.append(summarise(res, a.warmup, flops, peak))
-        print(json.dumps(rows[-1]), flush=True)
+        done = out / f"{setup}.json"
+        if a.reuse and done.exists():  # a setup measured earlier in this session, same job
+            raw.append(json.loads(done.read_text()))
+        else:
+            raw.append(run_child(setup, a, model_dir, data_dir, out, overrides))
+        print(json.dumps(summarise(raw[-1], a.warmup, flops, peak)), flush=True)
     peak_end = matmul_peak_gflops(threads)
-    text = (f"{time.strftime('%Y-%m-%d')}; {threads} threads; fp32 matmul peak {peak:.1f} GFLOP/s "
-            f"(again after the runs: {peak_end:.1f}); {a.warmup} warm-up + {a.steps} timed steps per setup; "
+    best = max(peak, peak_end, a.peak or 0)  # MFU against the best rate seen: the conservative choice
+    rows = [summarise(r, a.warmup, flops, best) for r in raw]
+    text = (f"{time.strftime('%Y-%m-%d')}; {threads} threads; fp32 matmul peak {best:.1f} GFLOP/s (best of "
+            f"{peak:.1f} before and {peak_end:.1f} after the runs"
+            + (f" and {a.peak:.1f} given by --peak" if a.peak else "") + f"); {a.warmup} warm-up + {a.steps} timed steps per setup; "
             f"model FLOPs {flops['per_real_token'] / 1e6:.0f} M per real token + "
             f"{flops['per_trained_token'] / 1e6:.0f} M per trained token + attention\n\n" + table(rows, "seektune"))
     print(text)
     name = "levers" if a.levers else "table"
     (out / f"{name}.md").write_text(text + "\n")
-    (out / f"{name}.json").write_text(json.dumps({"rows": rows, "peak_gflops": [peak, peak_end], "flops": flops,
+    (out / f"{name}.json").write_text(json.dumps({"rows": rows, "raw": raw, "peak_gflops": [peak, peak_end], "flops": flops,
                                                   "args": vars(a)}, indent=1))
 
 

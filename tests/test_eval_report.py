@@ -117,3 +117,19 @@ def test_time_budget_skips_generation_that_would_exceed_the_share():
     cb.spent, cb.last_cost = 2.0, 2.0
     assert not cb.within_budget(10.0)  # (2 + 2) / (10 + 2) = 33% > 20%
     assert cb.within_budget(30.0)      # (2 + 2) / (30 + 2) = 12.5%
+
+
+def test_alignment_runs_get_their_numbers_and_reward_curve(tmp_path):
+    import json
+
+    from seektune.eval.report import alignment_rows, make_plots
+
+    rows = alignment_rows({"stage": "rm", "heldout_before": {"accuracy": 0.48, "pairs": 60},
+                           "heldout_after": {"accuracy": 0.66, "pairs": 60}})
+    assert ["held-out accuracy", "0.4800 -> 0.6600"] in rows
+    assert alignment_rows({"stage": "sft"}) == []
+    ppo = alignment_rows({"stage": "ppo", "iterations": 16, "score_first_quarter": 0.1, "score_last_quarter": 0.3})
+    assert ppo[1] == ["mean score, first quarter -> last quarter", "0.1000 -> 0.3000"]
+    metrics = [{"step": i, "score": 0.1 * i, "reward": 0.05 * i, "kl": 0.01 * i} for i in range(1, 4)]
+    assert "reward_curve" in make_plots(metrics, None)
+    assert "reward_curve" not in make_plots([{"step": 1, "loss": 2.0}], None)

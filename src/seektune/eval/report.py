@@ -104,6 +104,23 @@ def make_plots(metrics: list[dict], evald: dict | None) -> dict[str, tuple[str, 
         ax.set_xlabel("step"), ax.set_ylabel("score (0-100)"), ax.grid(alpha=0.3), ax.legend()
         ax.set_title("Generation metrics during training (fixed eval subset)")
         plots["eval_curves"] = ("Generation metrics during training", _png(fig))
+    # alignment stages: PPO logs score/reward/kl per iteration, DPO and RM the trl reward metrics
+    align = [(k, label) for k, label in (("score", "reward-model score"), ("reward", "reward (whitened - KL)"),
+                                          ("rewards/margins", "chosen - rejected reward"),
+                                          ("rewards/accuracies", "pair accuracy"), ("accuracy", "pair accuracy"))
+             if _series(metrics, k)[0]]
+    if align:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for k, label in align:
+            ax.plot(*_series(metrics, k), "o-", ms=3, label=label)
+        kx, ky = _series(metrics, "kl")
+        if kx:
+            ax2 = ax.twinx()
+            ax2.plot(kx, ky, "--", color="#7f7f7f", label="KL to reference")
+            ax2.set_ylabel("KL"), ax2.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel("step / iteration"), ax.grid(alpha=0.3), ax.legend(loc="upper left", fontsize=8)
+        ax.set_title("Alignment: reward curve")
+        plots["reward_curve"] = ("Reward during alignment", _png(fig))
     if evald:
         bars = []
         for set_name, r in evald.get("sets", {}).items():
@@ -190,6 +207,21 @@ def single_rows(r: dict) -> list[list[str]]:
 # writers
 # --------------------------------------------------------------------------------------------
 
+def alignment_rows(summary: dict) -> list[list[str]]:
+    """rm / dpo: held-out pair metrics before and after; ppo: mean reward-model score, first vs last quarter."""
+    stage = summary.get("stage")
+    if stage == "ppo":
+        return [["iterations", _fmt(summary.get("iterations"))],
+                ["mean score, first quarter -> last quarter",
+                 f"{_fmt(summary.get('score_first_quarter'), 4)} -> {_fmt(summary.get('score_last_quarter'), 4)}"],
+                ["final KL coefficient", _fmt(summary.get("final_kl_coef"), 4)]]
+    b, a = summary.get("heldout_before"), summary.get("heldout_after")
+    if stage not in ("rm", "dpo") or not isinstance(b, dict) or not isinstance(a, dict):
+        return []
+    return [[f"held-out {k}", f"{_fmt(b.get(k), 4)} -> {_fmt(a.get(k), 4)}"] for k in b if k in a
+            and isinstance(b[k], (int, float))]
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -263,7 +295,8 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
         h.append(f"<p class='alert'>Forgetting warning: general-domain drop larger than {100 * thr:.0f}%: "
                  f"{html.escape(txt)}</p>")
 
-    for heading, rows in (("Configuration", config_rows(cfg, summary)), ("Data", data_rows(cfg, summary))):
+    for heading, rows in (("Configuration", config_rows(cfg, summary)), ("Data", data_rows(cfg, summary)),
+                          ("Alignment", alignment_rows(summary))):
         if rows:
             md += [f"## {heading}", "", _md_table(["item", "value"], rows), ""]
             h += [f"<h2>{heading}</h2>", _html_table(["", ""], rows)]

@@ -68,7 +68,12 @@ def trl_args(config_cls, cfg: Config, run_dir: Path, has_eval: bool, **extra):
     return config_cls(**kw)
 
 
-def write_summary(run_dir: Path, summary: dict, t0: float) -> dict:
+def write_summary(run_dir: Path, summary: dict, t0: float, report: bool = True) -> dict:
+    """summary.json, then the run report (report.md/.html with the loss and reward curves)."""
     summary["total_seconds"] = round(time.time() - t0, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    if report:
+        from ..eval.report import write_report
+
+        log(f"report: {write_report(run_dir)[1]}")
     return summary

@@ -79,7 +79,7 @@ def run_dpo(cfg: Config, show_progress: bool = True, callbacks: list | None = No
                "total_params": rep.total, "data": stats, "steps": trainer.state.global_step,
                "train_loss": out.training_loss, "heldout_before": before, "heldout_after": after,
                "train_seconds": round(train_s, 2), "threads": threads, "final": str(final)}
-    write_summary(run_dir, summary, t0)
+    write_summary(run_dir, summary, t0, report=cfg.eval.report)
     _print(summary)
     summary["_trainer"] = trainer
     return summary

@@ -5,7 +5,8 @@ Two measured facts (docs/benchmarks.md, "Issue 11") drive this module:
 - glibc raises its mmap threshold after large frees (up to 32 MB), so later activation tensors
   are carved from the heap and stay resident after they are freed: one SmolLM2 step of 8 x 512
   tokens peaked at 11.2 GB RSS for 6.9 GB of real tensors. Fixing the threshold keeps large
-  tensors on mmap, returned at free time.
+  tensors on mmap, returned at free time; each new mapping then costs page faults, so the
+  threshold is 4 MB (activation-sized buffers only), not glibc's 128 KB start value.
 - Activation checkpointing is all-or-nothing in most toolkits (LLaMA-Factory turns it on for
   every layer: -75% memory, ~+30% compute). `auto` measures the bytes a forward pass saves per
   token, and checkpoints every n-th layer only when the batch would exceed a budget.
@@ -15,21 +16,28 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 
 import torch
 
 M_MMAP_THRESHOLD = -3
+# Measured on SmolLM2, 8 x 512 tokens (docs/benchmarks.md, "Issue 11"): a 128 KB threshold cut peak
+# RSS from 10.0 to 5.9 GB but page faults cost +56% step time; 4 MB: 6.6 GB at +22%; 16 MB: no gain.
+DEFAULT_MMAP_THRESHOLD_KB = 4096
 _TUNED = False
 
 
-def return_freed_memory(threshold_bytes: int = 128 * 1024) -> bool:
-    """Fix glibc's mmap threshold so tensors above it are unmapped when freed. No-op off glibc."""
+def return_freed_memory(threshold_bytes: int | None = None) -> bool:
+    """Fix glibc's mmap threshold so tensors above it are unmapped when freed. No-op off glibc.
+    SEEKTUNE_MMAP_THRESHOLD_KB overrides the threshold (for bench/sft_throughput.py's levers)."""
     global _TUNED
     if _TUNED:
         return True
     if not sys.platform.startswith("linux"):
         return False
+    if threshold_bytes is None:
+        threshold_bytes = int(os.environ.get("SEEKTUNE_MMAP_THRESHOLD_KB", str(DEFAULT_MMAP_THRESHOLD_KB))) * 1024
     try:
         libc = ctypes.CDLL("libc.so.6")
         _TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
@@ -77,12 +85,14 @@ def _accepts(model, name: str) -> bool:
 
 
 def default_budget_bytes() -> float:
-    """A sixth of the machine's RAM on CPU, a third of the device's memory on GPU."""
+    """A seventh of the machine's RAM on CPU, a third of the device's memory on GPU. (On the 24 GB
+    benchmark machine 1/7 checkpoints a third of SmolLM2's layers at 8 x 512 tokens, which kept peak
+    RSS at LLaMA-Factory's with all of its layers checkpointed.)"""
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).total_memory / 3
     import psutil
 
-    return psutil.virtual_memory().total / 6
+    return psutil.virtual_memory().total / 7
 
 
 def plan_checkpointing(setting, model, tokens_per_batch: int, budget_gb: float | None):

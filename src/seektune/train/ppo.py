@@ -266,7 +266,7 @@ def run_ppo(cfg: Config, show_progress: bool = True) -> dict:
                "final_kl_coef": kl_ctl.value, "threads": threads, "final": str(final),
                "reward_curve": str(run_dir / "reward_curve.png"),
                "curve": [{k: r[k] for k in ("step", "score", "reward", "kl", "entropy")} for r in history]}
-    write_summary(run_dir, summary, t0)
+    write_summary(run_dir, summary, t0, report=cfg.eval.report)
     log(f"ppo done: mean score {first:.4f} (first quarter) -> {last:.4f} (last quarter); "
         f"curve in {run_dir / 'reward_curve.png'}")
     summary["_policy"], summary["_value_head"] = policy, value_head
