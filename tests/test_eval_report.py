@@ -133,3 +133,4 @@ def test_alignment_runs_get_their_numbers_and_reward_curve(tmp_path):
     metrics = [{"step": i, "score": 0.1 * i, "reward": 0.05 * i, "kl": 0.01 * i} for i in range(1, 4)]
     assert "reward_curve" in make_plots(metrics, None)
     assert "reward_curve" not in make_plots([{"step": 1, "loss": 2.0}], None)
+    assert alignment_rows(None) == []  # `seektune eval` on a bare model: no summary at all

@@ -209,6 +209,7 @@ def single_rows(r: dict) -> list[list[str]]:
 
 def alignment_rows(summary: dict) -> list[list[str]]:
     """rm / dpo: held-out pair metrics before and after; ppo: mean reward-model score, first vs last quarter."""
+    summary = summary or {}  # `seektune eval` on a bare model has no run summary
     stage = summary.get("stage")
     if stage == "ppo":
         return [["iterations", _fmt(summary.get("iterations"))],
