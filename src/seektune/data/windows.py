@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .io import DataError
+from .sft import IGNORE
 
-IGNORE = -100
 
 
 def check_window(tokenizer, max_length: int, stride: int) -> int:

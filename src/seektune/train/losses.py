@@ -19,7 +19,8 @@ import inspect
 
 import torch
 
-IGNORE = -100
+from ..data.sft import IGNORE
+
 CHUNK_ELEMENTS = 1 << 25  # logits elements per chunk (128 MB in fp32)
 
 
@@ -34,6 +35,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if (need_b and bias is not None) else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        any_grad = grad_h is not None or grad_w is not None or grad_b is not None
         for s in range(0, h.shape[0], chunk):
             hc, tc = h[s:s + chunk], target[s:s + chunk]
             z = (hc @ weight.T).float()
@@ -44,7 +46,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if smoothing:
                 nll = (1 - smoothing) * nll + smoothing * (lse - z.mean(dim=-1))
             total += nll.sum()
-            if grad_h is None and grad_w is None and grad_b is None:
+            if not any_grad:
                 continue
             g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             g[torch.arange(len(tc), device=g.device), tc] -= 1 - smoothing
@@ -57,7 +59,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_w += (g.T @ hc).float()
             if grad_b is not None:
                 grad_b += g.float().sum(0)
-        if not any(ctx.needs_input_grad[:3]):
+        if not any_grad:
             return total
         ctx.save_for_backward(*(t if t is not None else torch.empty(0) for t in (grad_h, grad_w, grad_b)))
         ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
@@ -115,7 +117,19 @@ def fused_loss_supported(model) -> bool:
     peft_cfg = getattr(getattr(model, "module", model), "peft_config", None)
     if peft_cfg and any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
         return False  # prefix tuning injects its own past_key_values through PeftModel.forward
-    return "logits_to_keep" in inspect.signature(lm.forward).parameters
+    return accepts_logits_to_keep(model)
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the wrapped LM's forward can skip the head (`logits_to_keep`)."""
+    return "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters
+
+
+def mean_over_tokens(total: torch.Tensor, num_items_in_batch, count) -> torch.Tensor:
+    """Summed loss / the Trainer's label count for the whole step (`num_items_in_batch`, across
+    accumulation and processes), or the batch's own count when there is none (evaluation)."""
+    denom = num_items_in_batch if num_items_in_batch is not None else count
+    return total / torch.as_tensor(denom, device=total.device).clamp(min=1)
 
 
 def label_only_lm_loss(model, inputs: dict, num_items_in_batch=None, smoothing: float = 0.0):
@@ -133,6 +147,4 @@ def label_only_lm_loss(model, inputs: dict, num_items_in_batch=None, smoothing: 
     h = caught["h"][:, :-1][keep]
     head = lm.lm_head
     total = linear_cross_entropy_sum(h, head.weight, head.bias, labels[keep], smoothing)
-    denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
-    return loss, outputs
+    return mean_over_tokens(total, num_items_in_batch, keep.sum()), outputs

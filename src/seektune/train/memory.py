@@ -21,6 +21,8 @@ import sys
 
 import torch
 
+from .losses import accepts_logits_to_keep
+
 M_MMAP_THRESHOLD = -3
 # Measured on SmolLM2, 8 x 512 tokens (docs/benchmarks.md, "Issue 11"): a 128 KB threshold cut peak
 # RSS from 10.0 to 5.9 GB but page faults cost +56% step time; 4 MB: 6.6 GB at +22%; 16 MB: no gain.
@@ -70,18 +72,11 @@ def saved_bytes_per_token(model, vocab_probe_tokens: int = 128) -> float:
     with torch.random.fork_rng(devices=[]):  # the probe must not shift the run's random stream
         ids = torch.randint(0, emb.num_embeddings, (1, vocab_probe_tokens), device=emb.weight.device)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            kw = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+            kw = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
             out = model(input_ids=ids, **kw)
     del out
     model.train(was_training)
     return total / vocab_probe_tokens
-
-
-def _accepts(model, name: str) -> bool:
-    import inspect
-
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(m.forward).parameters
 
 
 def default_budget_bytes() -> float:

@@ -26,7 +26,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from ..config import Config, ConfigError
 from ..data.collate import PadCollator
-from ..data.sft import build_sft_data, pack_examples
+from ..data.sft import IGNORE, build_sft_data, pack_examples
 from ..data.templates import get_template
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
@@ -34,7 +34,7 @@ from ..utils.console import console, log, warn
 from ..models.loader import is_moe
 from ..utils.dist import is_main, local_world_size, world_size
 from .callbacks import MetricsLogger, RichProgress
-from .losses import fused_loss_supported, label_only_lm_loss
+from .losses import fused_loss_supported, label_only_lm_loss, mean_over_tokens
 from .memory import plan_checkpointing, return_freed_memory
 from .distributed import distributed_kwargs
 from .monitors import Health, TrainingMonitor
@@ -137,10 +137,9 @@ class SeekTrainer(Trainer):
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             logits = outputs.logits[:, :-1].float()
             target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                     ignore_index=-100, label_smoothing=ls, reduction="sum")
-            denom = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
-            loss = loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
+            total = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                      ignore_index=IGNORE, label_smoothing=ls, reduction="sum")
+            loss = mean_over_tokens(total, num_items_in_batch, (target != IGNORE).sum())
         else:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
