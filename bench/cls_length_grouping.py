@@ -22,7 +22,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 
 from seektune.data.windows import text_windows  # noqa: E402
 from seektune.models.presets import resolve_model_path  # noqa: E402
-from seektune.train.classify import ClassifyCollator  # noqa: E402
+from seektune.data.collate import ClassifyCollator  # noqa: E402
 
 FPB = Path(__file__).resolve().parents[2] / "shared" / "data" / "classification" / "financial_phrasebank_allagree.csv"
 

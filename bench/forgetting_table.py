@@ -24,7 +24,9 @@ sys.path.insert(0, str(REPO / "src"))
 from seektune.config import Config, EWCConfig, ReplayConfig  # noqa: E402
 from seektune.data.collate import PadCollator  # noqa: E402
 from seektune.data.io import read_records, write_jsonl  # noqa: E402
-from seektune.train.sft import _tokenised_rows, configure_threads, run_sft  # noqa: E402
+from seektune.stages import run_stage  # noqa: E402
+from seektune.stages.sft import tokenised_rows  # noqa: E402
+from seektune.utils.threads import configure_threads  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -97,20 +99,19 @@ def main():
         })
         for k, v in extra.items():
             setattr(cfg.train, k, v)
-        s = run_sft(cfg, show_progress=False)
-        trainer = s.pop("_trainer")
+        trainer = run_stage(cfg, overwrite=True, progress=False).trainer
         model = trainer.model
         tok = trainer.processing_class
         from seektune.data.templates import get_template
 
         template = get_template(cfg.data.template, tok)
-        dom = _tokenised_rows(cfg, tok, template, str(paths["domain_eval"]), 1000)
-        gen = _tokenised_rows(cfg, tok, template, str(paths["general_eval"]), 1000)
+        dom = tokenised_rows(cfg, tok, template, str(paths["domain_eval"]), 1000)
+        gen = tokenised_rows(cfg, tok, template, str(paths["general_eval"]), 1000)
         if base_losses is None:
             with model.disable_adapter():
                 base_losses = (mean_loss(model, dom, tok.pad_token_id), mean_loss(model, gen, tok.pad_token_id))
         d, g = mean_loss(model, dom, tok.pad_token_id), mean_loss(model, gen, tok.pad_token_id)
-        results.append({"variant": name, "domain_loss": d, "general_loss": g, "steps": s["steps"]})
+        results.append({"variant": name, "domain_loss": d, "general_loss": g, "steps": trainer.state.global_step})
         print(json.dumps(results[-1]), flush=True)
     bd, bg = base_losses
     lines = [f"base model: domain loss {bd:.4f} (ppl {math.exp(bd):.2f}), general loss {bg:.4f} "

@@ -130,7 +130,7 @@ def child_seektune(a, overrides: dict) -> None:
     from _meter import StepMeter, install
 
     from seektune.config import Config
-    from seektune.train.sft import run_sft
+    from seektune.stages import run_stage
 
     cfg = Config.model_validate({
         "model": {"name_or_path": a.model_dir},
@@ -155,7 +155,7 @@ def child_seektune(a, overrides: dict) -> None:
         meter.pad = self.processing_class.pad_token_id
 
     transformers.Trainer.__init__ = init
-    run_sft(cfg, show_progress=False, callbacks=[meter])
+    run_stage(cfg, overwrite=True, progress=False, callbacks=[meter])
     meter.write()
 
 

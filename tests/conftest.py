@@ -53,3 +53,10 @@ def tiny_config(tmp_path, train_file, model="tiny-qwen2", **over):
         sec, key = k.split("__")
         setattr(getattr(cfg, sec), key, v)
     return cfg
+
+
+def train(cfg, callbacks=None, **kw):
+    """Run cfg's stage into its (fresh) run folder, no progress bar; returns the StageResult."""
+    from seektune.stages import run_stage
+
+    return run_stage(cfg, progress=False, overwrite=True, callbacks=callbacks, **kw)

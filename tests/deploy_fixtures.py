@@ -12,7 +12,6 @@ def make_lora_run(run_dir: Path, preset: str = "tiny-qwen2", seed: int = 0) -> P
 
     Random B makes the adapter change the logits a lot, so a merge that loses a target fails loudly.
     """
-    from peft import get_peft_model
 
     from seektune.config import Config
     from seektune.models.adapters import apply_adapter

@@ -72,7 +72,7 @@ def test_hh_transcripts_split_at_the_last_assistant_turn(tmp_path):
 def test_unknown_form_is_a_clear_error(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"question": "q", "answer": "a"}\n')
-    with pytest.raises(DataError, match="preference format"):
+    with pytest.raises(DataError, match="looks like sft data .*not preference data"):
         read_pairs(p)
 
 
@@ -102,71 +102,80 @@ def read_pairs_from(rows, tmp=None):
     return read_pairs(p)
 
 
-def test_align_config_keys_reach_trl():
+def test_stage_config_keys_reach_trl_and_old_align_keys_still_load(tmp_path):
     from trl import DPOConfig
 
     from seektune.config import load_config
-    from seektune.train.align_common import trl_args
+    from seektune.engine.args import trl_args
 
-    cfg = Config.model_validate({"train": {"stage": "dpo"}, "align": {"beta": 0.3, "loss_type": "ipo"}})
-    args = trl_args(DPOConfig, cfg, __import__("pathlib").Path("/tmp/x"), False, beta=cfg.align.beta,
-                    loss_type=[cfg.align.loss_type])
+    cfg = load_config(None, ["train.stage=dpo", "dpo.beta=0.3", "dpo.loss_type=ipo"])
+    args = trl_args(DPOConfig, cfg, tmp_path, False, beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type])
     assert args.beta == 0.3 and args.loss_type == ["ipo"] and args.bf16 is False
-    with pytest.raises(Exception, match="align.kl_coeff: unknown key .*kl_coef"):
-        load_config(None, ["align.kl_coeff=0.1"])
+    with pytest.raises(Exception, match="ppo.kl_coeff: unknown key .*ppo.kl_coef"):
+        load_config(None, ["train.stage=ppo", "ppo.reward_model=x", "ppo.kl_coeff=0.1"])
+    # the old shared align: section loads into the stage's own section, with a note
+    old = tmp_path / "old.yaml"
+    old.write_text("train: {stage: dpo}\nalign: {beta: 0.3, loss_type: hinge, format: pairs, eval_pairs: 7}\n")
+    cfg = load_config(old)
+    assert (cfg.dpo.beta, cfg.dpo.loss_type, cfg.data.format, cfg.data.max_eval_samples) == (0.3, "hinge", "pairs", 7)
+    assert any("align:" in n and "dpo:" in n for n in cfg.notes)
+    old.write_text("train: {stage: dpo}\nalign: {reward_model: runs/rm}\n")
+    with pytest.raises(Exception, match="align.reward_model: not used by stage dpo .*ppo.reward_model"):
+        load_config(old)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tiny-model runs
 # ---------------------------------------------------------------------------------------------
 
-def _cfg(tmp_path, train_file, stage, name, **align):
+def _cfg(tmp_path, train_file, stage, name, **options):
     return Config.model_validate({
         "model": {"name_or_path": "tiny-qwen2"},
         "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"train": str(train_file), "eval": str(train_file), "template": "deepseek-v3", "max_length": 48},
+        "data": {"train": str(train_file), "eval": str(train_file), "template": "deepseek-v3", "max_length": 48,
+                 "max_eval_samples": 8},
         "train": {"stage": stage, "output_dir": str(tmp_path / name), "max_steps": 2, "batch_size": 4, "lr": 2e-2,
                   "logging_steps": 1, "seed": 0, "num_threads": 1},
-        "align": {"max_prompt_length": 24, "eval_pairs": 8, **align}})
+        stage: {"max_prompt_length": 24, **options}})
 
 
 @pytest.fixture(scope="module")
 def rm_run(tmp_path_factory):
-    from seektune.train.reward import run_rm
+    from conftest import train
 
     tmp = tmp_path_factory.mktemp("rm")
     p = tmp / "pairs.jsonl"
     p.write_text("".join(json.dumps({"prompt": q, "chosen": c, "rejected": r}, ensure_ascii=False) + "\n"
                          for q, c, r in GOOD))
-    return run_rm(_cfg(tmp, p, "rm", "rm"), show_progress=False), tmp
+    return train(_cfg(tmp, p, "rm", "rm")), tmp
 
 
 def test_rm_head_outputs_one_scalar_and_pairwise_accuracy_is_reported(rm_run):
-    from seektune.train.reward import load_reward_model, score_texts
+    from seektune.eval.preference import load_reward_model, score_texts
 
     summary, tmp = rm_run
-    model = summary["_trainer"].model
-    tok = summary["_trainer"].processing_class
+    model = summary.model
+    tok = summary.tokenizer
     enc = tok(["a b c", "d"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert model(**enc).logits.shape == (2, 1)
-    after = summary["heldout_after"]
+    after = summary.summary["details"]["heldout_after"]
     assert after["pairs"] == 6 and 0.0 <= after["accuracy"] <= 1.0
     # training on these pairs pushes chosen above rejected on them
-    assert after["margin"] > summary["heldout_before"]["margin"]
+    assert after["margin"] > summary.summary["details"]["heldout_before"]["margin"]
     rm, rm_tok = load_reward_model(str(tmp / "rm"))  # the run folder is a PPO reward model
     texts = ["<｜User｜>hi<｜Assistant｜>Hello!", "x"]
     assert torch.allclose(score_texts(rm, rm_tok, texts), score_texts(model, tok, texts), atol=1e-4)
 
 
 def test_dpo_steps_raise_the_chosen_minus_rejected_margin(tmp_path):
-    from seektune.train.dpo import run_dpo
+    from conftest import train
 
     p = tmp_path / "pairs.jsonl"
     p.write_text("".join(json.dumps({"prompt": q, "chosen": c, "rejected": r}, ensure_ascii=False) + "\n"
                          for q, c, r in GOOD[:4]))
-    s = run_dpo(_cfg(tmp_path, p, "dpo", "dpo", beta=0.5), show_progress=False)
-    b, a = s["heldout_before"], s["heldout_after"]
+    s = train(_cfg(tmp_path, p, "dpo", "dpo", beta=0.5)).summary
+    b, a = s["details"]["heldout_before"], s["details"]["heldout_after"]
     assert b["margin"] == pytest.approx(0.0, abs=1e-6)  # LoRA B=0: the policy equals its reference
     assert a["margin"] > 0.05 and a["accuracy"] > 0.5
     # the policy's own log-prob margin moved the right way, the reference (adapter off) did not move
@@ -181,7 +190,7 @@ def test_dpo_steps_raise_the_chosen_minus_rejected_margin(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_gae_matches_a_hand_computation():
-    from seektune.train.ppo import gae
+    from seektune.stages.ppo import gae
 
     r = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     v = torch.tensor([[0.5, 0.2, 0.4, 9.0]])
@@ -197,7 +206,7 @@ def test_gae_matches_a_hand_computation():
 
 
 def test_kl_shaping_clipping_and_adaptive_kl():
-    from seektune.train.ppo import AdaptiveKL, kl_shaped_rewards, ppo_losses
+    from seektune.stages.ppo import AdaptiveKL, kl_shaped_rewards, ppo_losses
 
     logp, ref = torch.tensor([[-1.0, -1.0, -1.0]]), torch.tensor([[-1.5, -1.0, -3.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
@@ -218,7 +227,7 @@ def test_kl_shaping_clipping_and_adaptive_kl():
 
 
 def test_ppo_runs_end_to_end_on_tiny_models(rm_run, tmp_path):
-    from seektune.train.ppo import run_ppo
+    from conftest import train
 
     _, tmp = rm_run
     cfg = _cfg(tmp_path, tmp / "pairs.jsonl", "ppo", "ppo", reward_model=str(tmp / "rm"), rollout_batch_size=4,
@@ -226,7 +235,7 @@ def test_ppo_runs_end_to_end_on_tiny_models(rm_run, tmp_path):
     cfg.train.max_steps = 2
     cfg.train.batch_size = 2
     cfg.data.eval = None
-    s = run_ppo(cfg, show_progress=False)
+    s = train(cfg)
     run = tmp_path / "ppo"
     recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 2
@@ -235,9 +244,10 @@ def test_ppo_runs_end_to_end_on_tiny_models(rm_run, tmp_path):
         assert all(map(lambda k: r[k] == r[k], ("score", "kl", "entropy")))  # finite, not NaN
     assert recs[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # first rollout: policy == reference
     assert (run / "reward_curve.png").stat().st_size > 1000
-    lora_b = [p for n, p in s["_policy"].named_parameters() if "lora_B" in n]
+    lora_b = [p for n, p in s.model.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b), "PPO updated no LoRA weight"
-    assert (run / "final" / "value_head.pt").exists()
+    assert (run / "final" / "value_head.safetensors").exists()
+    assert not list(run.rglob("*.pt")) and not list(run.rglob("*.bin")), "no pickles in the run folder"
 
 
 def test_cli_ppo_without_reward_model_is_a_user_error(tmp_path):
@@ -248,4 +258,4 @@ def test_cli_ppo_without_reward_model_is_a_user_error(tmp_path):
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text("model: {name_or_path: tiny-qwen2}\ntrain: {stage: ppo, output_dir: %s}\n" % (tmp_path / "run"))
     res = CliRunner().invoke(app, ["train", str(cfg), "--no-progress"])
-    assert res.exit_code == 2 and "align.reward_model" in res.output
+    assert res.exit_code == 2 and "ppo.reward_model" in res.output

@@ -12,9 +12,13 @@ import torch.nn.functional as F
 
 from seektune.config import ConfigError, load_config
 from seektune.data.io import DataError
-from seektune.data.labelled import load_sequence_data, sort_labels, stratified_split
+from seektune.data.holdout import holdout
+from seektune.data.labelled import load_sequence_data, sort_labels
 from seektune.eval.classification import classification_metrics, entity_metrics, save_confusion_png
-from seektune.train.classify import ClassifyCollator, ClassifyTrainer, class_weights, weighted_ce
+from seektune.data.collate import ClassifyCollator
+from seektune.stages.classify import ClassifyTrainer, class_weights, weighted_ce
+
+from conftest import train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FPB = SHARED / "classification" / "financial_phrasebank_allagree.csv"
@@ -98,15 +102,20 @@ def test_labels_from_data_stratified_and_rejected(tmp_path):
     assert sorted(r["line"] for r in rejects) == [3, 4]  # empty text, empty label: file lines
     assert sorted(x.label for x in d.eval) == ["0", "0", "1", "1"]
     assert sort_labels(["10", "2", "1"]) == ["1", "2", "10"]
-    tr, ev = stratified_split(list("aaaaaaaaab"), lambda x: x, 0.2, 1)
+    items = list("aaaaaaaaab")
+    h = holdout(len(items), 0.2, 1, key=lambda i: items[i])
+    ev = [items[i] for i in h.eval]
     assert ev.count("b") == 0 and ev.count("a") == 2  # a class of one stays in training
 
 
 def test_config_keys_validate():
-    cfg = load_config(None, ["train.class_weights=auto", "data.stride=16", "data.label_scheme=iobes",
-                             "train.dropout.classifier=0.2", "data.nested_policy=innermost"])
-    assert cfg.train.class_weights == "auto" and cfg.data.stride == 16
-    assert load_config(None, ["train.class_weights=[1, 2.5]"]).train.class_weights == [1.0, 2.5]
+    cfg = load_config(None, ["model.task=token_classification", "train.class_weights=auto", "data.stride=16",
+                             "data.label_scheme=iobes", "train.dropout.classifier=0.2", "data.nested_policy=innermost"])
+    assert cfg.train.class_weights == "auto" and cfg.data.stride == 16 and cfg.train.stage == "classify"
+    assert load_config(None, ["model.task=sequence_classification",
+                              "train.class_weights=[1, 2.5]"]).train.class_weights == [1.0, 2.5]
+    with pytest.raises(ConfigError, match="train.class_weights: not used by stage sft"):
+        load_config(None, ["train.class_weights=auto"])  # a causal LM has no classes to weight
     with pytest.raises(ConfigError, match="label_scheme"):
         load_config(None, ["data.label_scheme=bilou"])
     with pytest.raises(ConfigError, match="class_weights"):
@@ -134,7 +143,6 @@ def _balanced_fpb(tmp_path, per_class: int) -> Path:
 def test_minilm_financial_phrasebank_beats_majority(tmp_path):
     """Short form: 210 balanced rows, a few steps, must beat the majority class on held-out rows.
     SEEKTUNE_LONG=1: the full example (stratified 80/20 of 2,264 rows) must reach accuracy >= 0.90."""
-    from seektune.train.classify import run_classify
 
     if LONG:
         cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "cls_minilm_financial.yaml",
@@ -145,10 +153,10 @@ def test_minilm_financial_phrasebank_beats_majority(tmp_path):
             f"data.train={_balanced_fpb(tmp_path, 70)}", "data.eval_ratio=0.3", "data.max_eval_samples=null",
             "data.max_length=64", "train.max_steps=24", "train.batch_size=16", "train.lr=1e-4",
             "train.class_weights=auto", "train.label_smoothing=0.05", "train.num_threads=1", f"train.output_dir={tmp_path / 'run'}"])
-    s = run_classify(cfg, show_progress=False)
-    after = s["eval_after"]
+    s = train(cfg).summary
+    after = s["details"]["eval_after"]
     assert after["accuracy"] > after["majority_baseline"] + 0.1, after
-    assert after["accuracy"] > s["eval_before"]["accuracy"], s["eval_before"]
+    assert after["accuracy"] > s["details"]["eval_before"]["accuracy"], s["details"]["eval_before"]
     if LONG:
         assert after["accuracy"] >= 0.90
     run = tmp_path / "run"
@@ -165,26 +173,24 @@ def test_minilm_financial_phrasebank_beats_majority(tmp_path):
 def test_minilm_wnut17_token_classification_with_windows(tmp_path):
     """Token classification end to end; max_length 16 forces sliding windows on most sentences,
     and every eval word still gets exactly one predicted tag."""
-    from seektune.train.classify import run_classify
 
     cfg = load_config(None, [
         "model.name_or_path=minilm-l6", "model.task=token_classification", "adapter.method=lora",
         f"data.train={WNUT}", "data.max_samples=120", "data.eval_ratio=0.25", "data.max_length=16",
         "data.stride=4", "train.max_steps=4", "train.batch_size=16", "train.lr=1e-3", "train.class_weights=auto", "train.num_threads=1",
         f"train.output_dir={tmp_path / 'run'}"])
-    s = run_classify(cfg, show_progress=False)
-    assert s["eval_windows"] > s["data"]["eval"]  # long sentences were windowed
+    s = train(cfg).summary
+    assert s["details"]["eval_windows"] > s["data"]["eval"]  # long sentences were windowed
     preds = [json.loads(x) for x in (tmp_path / "run" / "eval_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == s["data"]["eval"] and all(len(p["pred"]) == len(p["tokens"]) for p in preds)
     m = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())["after"]
     assert {"f1", "precision", "recall", "per_type"} <= set(m["entity"])
-    assert s["labels"][0] == "O" and "B-location" in s["labels"]
+    assert s["details"]["labels"][0] == "O" and "B-location" in s["details"]["labels"]
 
 
 @pytest.mark.slow
 def test_tiny_deepseek_sequence_classification_head(tmp_path):
     """A decoder (DeepSeek-V3 MLA + MoE) through its sequence-classification head with LoRA."""
-    from seektune.train.classify import run_classify
 
     p = tmp_path / "d.jsonl"
     p.write_text("".join(json.dumps({"text": f"{w} example {i}", "label": w}) + "\n"
@@ -193,8 +199,8 @@ def test_tiny_deepseek_sequence_classification_head(tmp_path):
                              "adapter.method=lora", f"data.train={p}", "data.eval_ratio=0.25", "data.max_length=8",
                              "data.stride=2", "train.max_steps=2", "train.batch_size=8", "train.num_threads=1",
                              f"train.output_dir={tmp_path / 'run'}"])
-    s = run_classify(cfg, show_progress=False)
-    assert s["labels"] == ["bad", "good"] and s["steps"] == 2
+    s = train(cfg).summary
+    assert s["details"]["labels"] == ["bad", "good"] and s["steps"] == 2
     assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
@@ -215,7 +221,6 @@ def test_cli_train_routes_classification_and_reports_user_errors(tmp_path):
 def test_classification_early_stopping_follows_eval_accuracy(tmp_path):
     """Periodic evals log eval_accuracy/eval_f1; early stopping watches them (mode=min turns a flat or
     rising accuracy into 'no improvement', so the run stops after `patience` evals)."""
-    from seektune.train.classify import run_classify
 
     p = tmp_path / "d.jsonl"
     p.write_text("".join(json.dumps({"text": f"{w} example {i}", "label": w}) + "\n"
@@ -225,7 +230,7 @@ def test_classification_early_stopping_follows_eval_accuracy(tmp_path):
                              "train.max_steps=20", "train.batch_size=8", "train.eval_steps=1", "train.lr=0.001",
                              "train.early_stopping={metric: eval_accuracy, mode: min, patience: 2}",
                              f"train.output_dir={tmp_path / 'run'}"])
-    s = run_classify(cfg, show_progress=False)
+    s = train(cfg).summary
     assert s["steps"] == 3
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_accuracy" in r and "eval_f1" in r for r in recs)
@@ -236,7 +241,6 @@ def test_seektune_eval_on_a_classification_run(tmp_path):
     from typer.testing import CliRunner
 
     from seektune.cli import app
-    from seektune.train.classify import run_classify
 
     p = tmp_path / "d.jsonl"
     p.write_text("".join(json.dumps({"text": f"{w} example {i}", "label": w}) + "\n"
@@ -244,7 +248,7 @@ def test_seektune_eval_on_a_classification_run(tmp_path):
     cfg = load_config(None, ["model.name_or_path=tiny-qwen2", "model.task=sequence_classification",
                              "adapter.method=lora", f"data.train={p}", "data.eval_ratio=0.25", "data.max_length=16",
                              "train.max_steps=2", "train.batch_size=8", f"train.output_dir={tmp_path / 'run'}"])
-    run_classify(cfg, show_progress=False)
+    train(cfg)
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--data", str(p)])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "run" / "eval" / "eval_metrics.json").read_text())

@@ -81,7 +81,7 @@ train:
 
 def test_curriculum_config_makes_the_trainer_sequential(tmp_path):
     from seektune.config import Config
-    from seektune.train.sft import training_arguments
+    from seektune.engine.args import training_arguments
 
     cfg = Config.model_validate({"data": {"curriculum": True}, "train": {"output_dir": str(tmp_path)}})
     assert training_arguments(cfg, tmp_path, False).train_sampling_strategy == "sequential"

@@ -1,12 +1,11 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from seektune.config import ConfigError, load_config
-from seektune.train.distributed import deepspeed_config, torchrun_command
+from seektune.engine.distributed import deepspeed_config, torchrun_command
 
 
 def _losses(run):
@@ -41,13 +40,12 @@ def test_gpu_engines_fail_fast_on_cpu(tmp_path, alpaca_file):
 
     if torch.cuda.is_available():
         pytest.skip("GPU present")
-    from seektune.train.sft import run_sft
-    from conftest import tiny_config
+    from conftest import tiny_config, train
 
     for engine in ("fsdp", "deepspeed"):
         cfg = tiny_config(tmp_path, alpaca_file, train__distributed=engine)
         with pytest.raises(ConfigError, match="needs GPUs"):
-            run_sft(cfg, show_progress=False)
+            train(cfg)
 
 
 def test_deepspeed_config_generation():

@@ -61,8 +61,11 @@ def _run_dir(tmp_path):
     rows += [{"step": 5, "eval_loss": 2.6}, {"step": 5, "eval_rouge_l": 12.0, "eval_bleu4": 3.0},
              {"step": 10, "eval_rouge_l": 18.0, "eval_bleu4": 4.5}]
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
-    (d / "summary.json").write_text(json.dumps({"data": {"read": 10, "train": 8, "eval": 2, "rejected": 0,
-                                                         "truncated": 0}, "steps": 10}))
+    (d / "summary.json").write_text(json.dumps({
+        "stage": "sft", "data": {"read": 10, "train": 8, "eval": 2, "rejected": 0, "truncated": 0,
+                                 "accounting": "10 read = train 8 + eval 2 + rejected 0"}, "steps": 10,
+        "evidence": [{"name": "eval loss", "key": "eval_loss", "before": 3.1, "after": 2.6, "better": "lower", "n": 2}],
+        "curves": [{"title": "Generation metrics during training", "keys": ["eval_rouge_l", "eval_bleu4"]}]}))
     return d
 
 
@@ -90,7 +93,7 @@ def test_html_report_is_self_contained_and_flags_forgetting(tmp_path):
     assert "问题0&lt;b&gt;" in text and "旧1" in text and "新1" in text  # escaped, side by side
     mdt = md.read_text(encoding="utf-8")
     assert "FORGETTING WARNING" in mdt and "retention (ROUGE-L after / before): 80.0%" in mdt
-    assert (d / "report_files" / "loss.png").exists() and "report_files/eval_curves.png" in mdt
+    assert (d / "report_files" / "loss.png").exists() and "report_files/stage_curve_0.png" in mdt
 
 
 def test_no_flag_when_general_holds(tmp_path):
@@ -119,18 +122,19 @@ def test_time_budget_skips_generation_that_would_exceed_the_share():
     assert cb.within_budget(30.0)      # (2 + 2) / (30 + 2) = 12.5%
 
 
-def test_alignment_runs_get_their_numbers_and_reward_curve(tmp_path):
-    import json
+def test_every_stage_gets_its_evidence_and_curves_from_its_summary(tmp_path):
+    """The report has no per-stage code: the evidence table and the extra curves come from summary.json."""
+    from seektune.eval.report import evidence_rows, make_plots
 
-    from seektune.eval.report import alignment_rows, make_plots
-
-    rows = alignment_rows({"stage": "rm", "heldout_before": {"accuracy": 0.48, "pairs": 60},
-                           "heldout_after": {"accuracy": 0.66, "pairs": 60}})
-    assert ["held-out accuracy", "0.4800 -> 0.6600"] in rows
-    assert alignment_rows({"stage": "sft"}) == []
-    ppo = alignment_rows({"stage": "ppo", "iterations": 16, "score_first_quarter": 0.1, "score_last_quarter": 0.3})
-    assert ppo[1] == ["mean score, first quarter -> last quarter", "0.1000 -> 0.3000"]
+    rows = evidence_rows({"stage": "rm", "evidence": [
+        {"name": "held-out pair accuracy", "before": 0.48, "after": 0.66, "better": "higher", "n": 60}]})
+    assert rows == [["held-out pair accuracy", "0.4800", "0.6600", "+0.1800", "higher is better", "60"]]
+    assert evidence_rows({"stage": "sft"}) == [] and evidence_rows(None) == []  # a bare model has no summary
     metrics = [{"step": i, "score": 0.1 * i, "reward": 0.05 * i, "kl": 0.01 * i} for i in range(1, 4)]
-    assert "reward_curve" in make_plots(metrics, None)
-    assert "reward_curve" not in make_plots([{"step": 1, "loss": 2.0}], None)
-    assert alignment_rows(None) == []  # `seektune eval` on a bare model: no summary at all
+    curves = [{"title": "PPO: score and KL", "keys": ["score", "reward", "kl"]}]
+    assert "stage_curve_0" in make_plots(metrics, None, curves)
+    assert "stage_curve_0" not in make_plots([{"step": 1, "loss": 2.0}], None, curves)  # no data, no plot
+    d = _run_dir(tmp_path)
+    _, html_path = write_report(d)
+    text = html_path.read_text(encoding="utf-8")
+    assert "Before and after" in text and "3.1000" in text and "2.6000" in text and "lower is better" in text

@@ -19,7 +19,7 @@ GENERAL = [{"instruction": "中国的首都是哪里？", "input": "", "output":
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from seektune.config import load_config
-    from seektune.train.sft import run_sft
+    from conftest import train
 
     d = tmp_path_factory.mktemp("evalrun")
     (d / "med.jsonl").write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}, ensure_ascii=False) + "\n"
@@ -31,8 +31,7 @@ def run(tmp_path_factory):
         "train.max_steps=4", "train.batch_size=4", "train.logging_steps=1", "train.num_threads=1", "train.lr=0.01",
         "eval.generate_every=2", "eval.generate_samples=3", "eval.max_new_tokens=5", "eval.batch_size=4",
         f"eval.general_eval={d / 'general.json'}", "eval.general_samples=3", "eval.samples=4"])
-    summary = run_sft(cfg, show_progress=False)
-    summary.pop("_trainer")
+    train(cfg)
     return d / "run"
 
 
@@ -87,14 +86,17 @@ def test_cli_eval_on_a_plain_model_and_on_an_adapter_folder(run, tmp_path):
 
     data = str(run.parent / "med.jsonl")
     res = CliRunner().invoke(app, ["eval", "tiny-deepseek-v3", "--data", data, "--samples", "2", "--template",
-                                   "deepseek-v3", "--no-ppl", "--out", str(tmp_path / "plain"), "--threads", "1"])
+                                   "deepseek-v3", "--no-ppl", "--out", str(tmp_path / "plain"), "--threads", "1",
+                                   "--max-new-tokens", "8"])
     assert res.exit_code == 0, res.output
     plain = json.loads((tmp_path / "plain" / "eval.json").read_text(encoding="utf-8"))
     assert set(plain["sets"]["heldout"]) == {"after"} and plain["kind"] == "model"
     assert "perplexity" not in plain["sets"]["heldout"]["after"]["metrics"]
     # the adapter folder alone: base read from adapter_config.json, tuned answers differ from the base's
+    # (final/ of a run also brings the run's eval settings: decoding is pinned here so the two calls match)
     res = CliRunner().invoke(app, ["eval", str(run / "final"), "--data", data, "--samples", "2", "--base",
-                                   "--template", "deepseek-v3", "--out", str(tmp_path / "adapter"), "--threads", "1"])
+                                   "--template", "deepseek-v3", "--out", str(tmp_path / "adapter"), "--threads", "1",
+                                   "--max-new-tokens", "8"])
     assert res.exit_code == 0, res.output
     ad = json.loads((tmp_path / "adapter" / "eval.json").read_text(encoding="utf-8"))["sets"]["heldout"]
     assert ad["before"]["metrics"]["perplexity"] != ad["after"]["metrics"]["perplexity"]

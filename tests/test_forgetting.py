@@ -3,13 +3,12 @@ import json
 import pytest
 import torch
 
-from conftest import QA, tiny_config
+from conftest import tiny_config, train
 from seektune.config import AdapterConfig, AdversarialConfig, EWCConfig, ModelConfig, ReplayConfig
 from seektune.data.collate import PadCollator
 from seektune.models.adapters import apply_adapter
 from seektune.models.loader import load_model
-from seektune.train.forgetting import EWC, EmbeddingPerturber, ReplayMixer, adversarial_step, estimate_fisher
-from seektune.train.sft import run_sft
+from seektune.engine.forgetting import EWC, EmbeddingPerturber, adversarial_step, draw_replay, estimate_fisher
 
 
 def _batch(tok, text="hello doctor, my head hurts"):
@@ -52,9 +51,9 @@ def test_adversarial_step_leaves_embeddings_untouched(tmp_path, alpaca_file, met
     model, tok, _ = load_model(cfg.model)
     from transformers import TrainingArguments
 
-    from seektune.train.sft import SeekTrainer
+    from seektune.stages.sft import SFTTrainer
 
-    trainer = SeekTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none",
+    trainer = SFTTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none",
                                                               use_cpu=True), st_cfg=cfg)
     trainer.current_gradient_accumulation_steps = 1  # set by the train loop; we call a step by hand
     emb_before = model.get_input_embeddings().weight.detach().clone()
@@ -82,40 +81,52 @@ def test_training_with_replay_ewc_and_fgm_logs_each_part(tmp_path, alpaca_file):
     cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=4, data__packing=False,
                       train__replay=ReplayConfig(file=str(general), ratio=0.25),
                       train__ewc=EWCConfig(samples=4, lam=100.0), train__adversarial=AdversarialConfig())
-    s = run_sft(cfg, show_progress=False)
+    s = train(cfg)
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
     assert all("ewc_penalty" in r and "adv_loss" in r for r in steps)
     assert steps[0]["ewc_penalty"] == 0.0 and steps[-1]["ewc_penalty"] > 0.0
     assert (tmp_path / "run" / "ewc_fisher.safetensors").exists()
-    train = s["_trainer"].train_dataset
-    assert len(train) == 20 + 7  # 20 domain rows + round(20 * 0.25 / 0.75) general rows
+    rows = s.trainer.train_dataset
+    assert len(rows) == 20 + 7  # 20 domain samples + round(20 * 0.25 / 0.75) general samples (unpacked: 1 per row)
 
 
-def test_replay_is_resampled_each_epoch_and_reproducible():
+def test_replay_draw_is_counted_in_samples_and_reproducible():
     pool = [{"input_ids": [i], "labels": [i]} for i in range(100)]
-    rows = [{"input_ids": [-1], "labels": [-1]}] * 10
-    m = ReplayMixer(rows, pool, 5, seed=1)
-    first = [r["input_ids"][0] for r in rows[10:]]
+    first = draw_replay(pool, 90, 0.1, seed=1)
+    assert len(first) == 10  # 10 of 100 samples = 10%
+    assert [r["input_ids"][0] for r in draw_replay(pool, 90, 0.1, seed=1)] == [r["input_ids"][0] for r in first]
+    assert [r["input_ids"][0] for r in draw_replay(pool, 90, 0.1, seed=2)] != [r["input_ids"][0] for r in first]
+    assert len(draw_replay(pool[:3], 90, 0.1, seed=1)) == 10  # a small pool is drawn with replacement
 
-    class S:
-        epoch = 1.0
 
-    m.on_epoch_begin(None, S, None)
-    second = [r["input_ids"][0] for r in rows[10:]]
-    assert len(rows) == 15 and first != second
-    again = ReplayMixer([{"input_ids": [-1]}] * 10, pool, 5, seed=1)
-    assert [r["input_ids"][0] for r in again.rows[10:]] == first
+def test_replay_share_is_counted_in_samples_when_packing(tmp_path, alpaca_file):
+    """ratio 0.1 means 10% of the samples trained on, whatever packing does with them (it used to count
+    packed rows: 1 general sample per 54 domain samples on Huatuo)."""
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"instruction": f"Name a colour ({i})", "output": f"Blue {i}."}) + "\n"
+                               for i in range(40)))
+    cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=1, data__packing=True, data__eval_ratio=0.0,
+                      train__replay=ReplayConfig(file=str(general), ratio=0.1))
+    cfg.data.max_length = 96
+    s = train(cfg)
+    rep = s.summary["data"]["replay"]
+    n_domain = s.summary["data"]["train"]
+    assert rep["samples"] == round(n_domain * 0.1 / 0.9) and rep["counted_in"] == "samples"
+    rows = s.trainer.train_dataset
+    assert len(rows) < n_domain + rep["samples"], "packing puts several samples per row"
+    assert sum(r["num_samples"] for r in rows) == n_domain + rep["samples"]  # every drawn sample is trained on
+    assert abs(rep["share"] - 0.1) < 0.02
 
 
 def test_continue_starts_from_previous_weights_and_writes_drift(tmp_path, alpaca_file):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from seektune.train.continual import continue_run
+    from seektune.stages.continual import continue_run
 
     cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=3)
-    run_sft(cfg, show_progress=False)
+    train(cfg)
     prev = tmp_path / "run"
     assert (prev / "replay_buffer.jsonl").exists() and (prev / "eval_tokens.json").exists()
     new = tmp_path / "new.jsonl"
@@ -130,14 +141,14 @@ def test_continue_starts_from_previous_weights_and_writes_drift(tmp_path, alpaca
                 seen["logits"] = model.eval()(x).logits.clone()
             model.train()
 
-    import seektune.train.continual as cont
+    import seektune.stages.continual as cont
 
-    orig = cont.run_sft
-    cont.run_sft = lambda c, **kw: orig(c, callbacks=[FirstLogits()], **kw)
+    orig = cont.run_stage
+    cont.run_stage = lambda c, **kw: orig(c, callbacks=[FirstLogits()], **kw)
     try:
         s = continue_run(prev, str(new), tmp_path / "cont", replay_ratio=0.2, show_progress=False)
     finally:
-        cont.run_sft = orig
+        cont.run_stage = orig
     base = AutoModelForCausalLM.from_pretrained(json.loads((prev / "final" / "adapter_config.json").read_text())
                                                 ["base_model_name_or_path"])
     prev_model = PeftModel.from_pretrained(base, str(prev / "final")).eval()
@@ -147,4 +158,4 @@ def test_continue_starts_from_previous_weights_and_writes_drift(tmp_path, alpaca
     old = drift["rows"][0]
     assert old["before"] is not None and old["after"] is not None
     assert (tmp_path / "cont" / "drift.md").exists()
-    assert s["steps"] == 3
+    assert s.summary["steps"] == 3

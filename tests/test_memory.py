@@ -9,10 +9,9 @@ import torch
 from seektune.config import AdapterConfig, ModelConfig
 from seektune.models.adapters import apply_adapter
 from seektune.models.loader import load_model
-from seektune.train.memory import plan_checkpointing, return_freed_memory, saved_bytes_per_token
-from seektune.train.sft import run_sft
+from seektune.engine.memory import plan_checkpointing, return_freed_memory, saved_bytes_per_token
 
-from conftest import tiny_config
+from conftest import tiny_config, train
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +56,7 @@ def test_checkpointed_training_gives_the_same_losses(tmp_path, alpaca_file):
     for name, gc in [("off", False), ("auto", "auto")]:
         cfg = tiny_config(tmp_path / name, alpaca_file, train__gradient_checkpointing=gc,
                           train__activation_budget_gb=1e-6, train__max_steps=3)
-        s = run_sft(cfg, show_progress=False)
-        trainer = s.pop("_trainer")
+        trainer = train(cfg).trainer
         layers = trainer.model.get_base_model().model.layers
         flags = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
         assert all(flags) if gc == "auto" else not any(flags)

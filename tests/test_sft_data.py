@@ -1,4 +1,3 @@
-import json
 
 import pytest
 import torch
@@ -6,7 +5,8 @@ import torch
 from seektune.data.collate import PadCollator
 from seektune.data.formats import detect_format, to_messages
 from seektune.data.io import DataError, Record, detect_encoding, read_records
-from seektune.data.sft import IGNORE, pack_examples, tokenize_conversation
+from seektune.data import IGNORE_INDEX
+from seektune.data.sft import pack_examples, tokenize_conversation
 from seektune.data.templates import get_template
 from seektune.models.presets import load_deepseek_tokenizer
 
@@ -17,7 +17,7 @@ def ds_tok():
 
 
 def _labelled_text(tok, ex):
-    return tok.decode([t for t, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE])
+    return tok.decode([t for t, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX])
 
 
 RECORDS = {
@@ -56,7 +56,7 @@ def test_assistant_only_labels(ds_tok, fmt, template):
     assert got == expected
     # prompt text (user turns) never carries loss
     prompt_ids = ds_tok(msgs[-2]["content"], add_special_tokens=False).input_ids
-    labelled = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE]
+    labelled = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX]
     assert not (len(prompt_ids) > 2 and all(p in labelled for p in prompt_ids) and fmt != "qa")
 
 
@@ -102,8 +102,8 @@ def _token_losses(model, batch):
     out = model(**{k: v for k, v in batch.items() if k != "labels"})
     logits = out.logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
-    lp = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum")
-    return lp, int((labels != IGNORE).sum())
+    lp = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return lp, int((labels != IGNORE_INDEX).sum())
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-deepseek-v3"])

@@ -6,9 +6,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import tiny_config
+from conftest import tiny_config, train
 from seektune.models.adapters import AdapterError, apply_adapter
-from seektune.train.sft import run_sft
 
 
 class Snapshot(TrainerCallback):
@@ -22,8 +21,8 @@ class Snapshot(TrainerCallback):
 def _train(tmp_path, train_file, model, **over):
     snap = Snapshot()
     cfg = tiny_config(tmp_path, train_file, model, **over)
-    summary = run_sft(cfg, show_progress=False, callbacks=[snap])
-    return cfg, summary, snap.before, dict(summary["_trainer"].model.named_parameters())
+    result = train(cfg, callbacks=[snap])
+    return cfg, result, snap.before, dict(result.model.named_parameters())
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-deepseek-v3"])
@@ -58,7 +57,7 @@ def test_final_adapter_reloads_with_plain_peft_identical_logits(tmp_path, alpaca
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg, summary, _, _ = _train(tmp_path, alpaca_file, "tiny-deepseek-v3")
-    trained = summary["_trainer"].model.eval()
+    trained = summary.model.eval()
     final = tmp_path / "run" / "final"
     adapter_cfg = json.loads((final / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"])
@@ -80,7 +79,7 @@ def test_full_finetune_saves_a_plain_model(tmp_path, alpaca_file):
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "final")).eval()
     x = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        assert torch.allclose(summary["_trainer"].model.eval()(x).logits, loaded(x).logits, atol=1e-5)
+        assert torch.allclose(summary.model.eval()(x).logits, loaded(x).logits, atol=1e-5)
 
 
 def test_freeze_trains_only_last_layers(tmp_path, alpaca_file):
@@ -125,7 +124,13 @@ def test_cli_train_with_set_override(tmp_path, alpaca_file):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert s["steps"] == 1
-    # second launch hits the tokenised-data cache
-    r2 = subprocess.run([sys.executable, "-m", "seektune", "train", str(cfgf), "--set", "train.max_steps=1",
+    # a second launch into the same folder never mixes with the first run: it must say what it wants
+    r1 = subprocess.run([sys.executable, "-m", "seektune", "train", str(cfgf), "--set", "train.max_steps=1",
                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 2 and "--resume" in r1.stderr and "--overwrite" in r1.stderr
+    assert (tmp_path / "cli" / "final" / "adapter_config.json").exists(), "the refused launch must not touch the run"
+    # with --overwrite it starts over, and hits the tokenised-data cache
+    r2 = subprocess.run([sys.executable, "-m", "seektune", "train", str(cfgf), "--set", "train.max_steps=1",
+                         "--no-progress", "--overwrite"], capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-2000:]
     assert "cache hit" in r2.stderr

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import tiny_config
+from conftest import tiny_config, train
 from seektune.config import LayerwiseLR
-from seektune.train import sft as sft_mod
-from seektune.train.optim import build_param_groups, lr_factor
-from seektune.train.sft import CHECKPOINT_COMPLETE, latest_checkpoint, run_sft
+from seektune.stages import sft as sft_mod
+from seektune.engine.optim import build_param_groups, lr_factor
+from seektune.engine.checkpoint import COMPLETE as CHECKPOINT_COMPLETE, latest_checkpoint
 
 
 def _losses(run_dir):
@@ -53,7 +53,7 @@ def test_schedule_matches_formula():
 def test_trainer_logs_scheduled_rates(tmp_path, alpaca_file):
     cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=6, train__lr=3e-5, train__min_lr=1e-6,
                       train__warmup_steps=2, train__layerwise_lr=LayerwiseLR(head=1e-4))
-    run_sft(cfg, show_progress=False)
+    train(cfg)
     recs = {r["step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if "loss" in r}
     floor = 1e-6 / 3e-5
@@ -68,9 +68,9 @@ def test_early_stopping_stops_and_restores_best(tmp_path, alpaca_file):
 
     cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=20, train__eval_steps=1, train__lr=3e-3,
                       train__early_stopping=EarlyStoppingConfig(metric="eval_loss", mode="max", patience=2))
-    s = run_sft(cfg, show_progress=False)
-    assert s["steps"] == 3 and s["stopped_early"]
-    best = Path(s["best_metric"]["checkpoint"])
+    s = train(cfg).summary
+    assert s["steps"] == 3 and s["details"]["stopped_early"]
+    best = Path(s["details"]["best_metric"]["checkpoint"])
     assert best.name == "checkpoint-1"
     from safetensors.torch import load_file
 
@@ -86,7 +86,7 @@ def test_nan_loss_is_skipped_counted_and_stops(tmp_path, alpaca_file, monkeypatc
         def on_step_end(self, args, state, control, model=None, **kw):
             snaps[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    orig = sft_mod.SeekTrainer.compute_loss
+    orig = sft_mod.SFTTrainer.compute_loss
 
     def poisoned(self, model, inputs, *a, **kw):
         loss = orig(self, model, inputs, *a, **kw)
@@ -94,11 +94,11 @@ def test_nan_loss_is_skipped_counted_and_stops(tmp_path, alpaca_file, monkeypatc
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(sft_mod.SeekTrainer, "compute_loss", poisoned)
+    monkeypatch.setattr(sft_mod.SFTTrainer, "compute_loss", poisoned)
     cfg = tiny_config(tmp_path, alpaca_file, train__max_steps=10)
     cfg.monitor.max_nonfinite_in_a_row = 3
-    s = run_sft(cfg, show_progress=False, callbacks=[Snap()])
-    assert s["nonfinite_skipped"] == 3 and s["steps"] == 5
+    s = train(cfg, callbacks=[Snap()]).summary
+    assert s["details"]["nonfinite_skipped"] == 3 and s["steps"] == 5
     for step in (3, 4, 5):  # skipped steps leave every trainable weight as it was after step 2
         assert all(torch.equal(snaps[2][n], snaps[step][n]) for n in snaps[2])
     assert any("non-finite" in w for w in s["warnings"])
@@ -156,7 +156,7 @@ def test_early_stopping_on_rouge_l(tmp_path, alpaca_file):
                       train__early_stopping=EarlyStoppingConfig(metric="eval_rouge_l", mode="min", patience=2))
     cfg.eval.max_new_tokens = 8
     cfg.eval.before_after = False
-    s = run_sft(cfg, show_progress=False)
-    assert s["steps"] == 3 and s["stopped_early"]
+    s = train(cfg).summary
+    assert s["steps"] == 3 and s["details"]["stopped_early"]
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for r in recs if "eval_rouge_l" in r and "eval_loss" in r) >= 3

@@ -77,8 +77,10 @@ def run_demo(out: Path, steps: int = 40) -> dict:
     from rich.table import Table
 
     from .data.templates import get_template
+    from .engine.summary import evidence_value
     from .models.loader import load_model
-    from .train.sft import configure_threads, run_sft
+    from .stages import run_stage
+    from .utils.threads import configure_threads
 
     out = Path(out)
     train, eval_, source = demo_data(out)
@@ -95,24 +97,25 @@ def run_demo(out: Path, steps: int = 40) -> dict:
     before = _answer(base, tok, template, prompt_text)
     del base
 
-    summary = run_sft(cfg)
-    model = summary.pop("_trainer").model
+    result = run_stage(cfg, overwrite=True)  # the demo owns its folder: a second `make demo` starts over
+    summary, model = result.summary, result.model
     model.config.use_cache = True
+    loss_before, loss_after = evidence_value(summary, "eval_loss", "before"), evidence_value(summary, "eval_loss")
     after = _answer(model, tok, template, prompt_text)
 
     table = Table(title="seektune demo: LoRA SFT of SmolLM2-135M-Instruct on medical QA", show_lines=True)
     table.add_column("", style="bold")
     table.add_column("before")
     table.add_column("after")
-    table.add_row("eval loss", f"{summary['eval_loss_before']:.4f}", f"{summary['eval_loss_after']:.4f}")
+    table.add_row("eval loss", f"{loss_before:.4f}", f"{loss_after:.4f}")
     for p, b, a in zip(prompt_text, before, after):
         table.add_row(p[:120], b, a)
     console.print(table)
-    improved = summary["eval_loss_after"] < summary["eval_loss_before"]
-    console.print(f"eval loss {'fell' if improved else 'did NOT fall'}: {summary['eval_loss_before']:.4f} -> "
-                  f"{summary['eval_loss_after']:.4f}; {summary['steps']} steps in {summary['train_seconds']:.0f}s, "
-                  f"{summary['real_tokens_per_s']} real tokens/s; run folder {out}")
-    result = {**summary, "answers_before": before, "answers_after": after, "prompts": prompt_text,
-              "data_source": source}
-    (out / "demo.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    return result
+    improved = loss_after < loss_before
+    console.print(f"eval loss {'fell' if improved else 'did NOT fall'}: {loss_before:.4f} -> "
+                  f"{loss_after:.4f}; {summary['steps']} steps in {summary['train_seconds']:.0f}s, "
+                  f"{summary['details']['real_tokens_per_s']} real tokens/s; run folder {out}")
+    demo = {**summary, "eval_loss_before": loss_before, "eval_loss_after": loss_after, "answers_before": before,
+            "answers_after": after, "prompts": prompt_text, "data_source": source}
+    (out / "demo.json").write_text(json.dumps(demo, indent=2, ensure_ascii=False, default=str))
+    return demo

@@ -22,7 +22,7 @@ from .common import kind_of, read_all, write_records, write_summary
 from .dedup import exact_key
 from .io import DataError
 from .progress import record_progress
-from .views import content_text, map_prompts
+from .formats import content_text, map_prompts
 
 
 class AugmentOptions(BaseModel):
@@ -183,8 +183,7 @@ class BackTranslator:
 
 def _load_translator(name: str):
     """(model, tokenizer, is_encoder_decoder) for a preset, HF folder or GGUF file."""
-    from ..config import ModelConfig
-    from ..models.loader import load_model, load_tokenizer
+    from ..models.loader import ModelSpec, load_model, load_tokenizer
     from ..models.presets import ModelError, resolve_model_path
 
     path = resolve_model_path(name, log=lambda *_: None)
@@ -196,10 +195,10 @@ def _load_translator(name: str):
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot read a model config from {path}: {e}") from None
         if is_s2s:
-            tok = load_tokenizer(ModelConfig(name_or_path=name), path)
+            tok = load_tokenizer(ModelSpec(name_or_path=name), path)
             model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype="float32").eval()
             return model, tok, True
-    model, tok, _ = load_model(ModelConfig(name_or_path=name), log=lambda *_: None)
+    model, tok, _ = load_model(ModelSpec(name_or_path=name), log=lambda *_: None)
     tok.padding_side = "left"  # generation continues on the right
     return model.eval(), tok, False
 

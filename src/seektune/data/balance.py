@@ -60,7 +60,7 @@ def upsample_targets(counts: dict[str, int], max_share: float) -> dict[str, int]
 
 
 def balance_records(records, opts: BalanceOptions) -> tuple[list[dict], dict, dict]:
-    from .views import label_of
+    from .formats import label_of
 
     by_class: dict[str, list] = defaultdict(list)
     for r in records:

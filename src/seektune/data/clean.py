@@ -27,14 +27,14 @@ from .dedup import NearDupIndex, exact_key, minhash_values
 from .io import DataError, read_records
 from .progress import record_progress
 from .rules import TermNormaliser, is_garbled, is_no_answer, load_term_dict, mask_pii, normalise_unicode, normalise_whitespace
-from .views import KINDS, answer_texts, content_text, detect_kind, map_strings, missing_for_partial, required_fields
+from .formats import KINDS, answer_texts, content_text, detect_kind, map_strings, missing_for_partial, required_fields
 
 
 class CleanOptions(BaseModel):
     """Options of `data clean` (CLI flags and `data.pipeline` step args map onto these 1:1)."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["auto", *KINDS] = Field("auto", description="record kind; auto detects per record")
+    kind: Literal[("auto", *KINDS)] = Field("auto", description="record kind; auto detects per record")
     unicode_form: Literal["NFC", "NFKC", "none"] = Field("NFC", description="NFKC also folds full-width punctuation")
     whitespace: bool = Field(True, description="drop zero-width/control chars, collapse spaces, strip")
     terms: str | None = Field(None, description="term dictionary (JSON object or 2-column TSV/CSV): variant -> canonical")

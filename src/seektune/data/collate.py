@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .sft import IGNORE
+from . import IGNORE_INDEX
 
 
 class PadCollator:
@@ -24,7 +24,7 @@ class PadCollator:
             n = -(-n // self.mult) * self.mult
         packed = "position_ids" in rows[0]
         ids = torch.full((len(rows), n), self.pad, dtype=torch.long)
-        labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
         out = {"input_ids": ids, "labels": labels}
         if packed:
             pos = torch.zeros((len(rows), n), dtype=torch.long)
@@ -41,4 +41,30 @@ class PadCollator:
                 pos[i, k:] = torch.arange(n - k)
             else:
                 mask[i, :k] = 1
+        return out
+
+
+class ClassifyCollator:
+    """Right-pads input_ids (attention mask) and labels; scalar labels stay one per row."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            mask[i, :k] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if "labels" in rows[0]:
+            if isinstance(rows[0]["labels"], list):
+                lab = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
+                for i, r in enumerate(rows):
+                    lab[i, :len(r["labels"])] = torch.tensor(r["labels"])
+            else:
+                lab = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+            out["labels"] = lab
         return out

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .io import Record, read_records, write_jsonl
-from .views import detect_kind
+from .formats import detect_kind
 
 
 def read_all(path: str | Path) -> tuple[list[Record], list[dict]]:

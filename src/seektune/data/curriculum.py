@@ -20,8 +20,9 @@ from .common import kind_of, read_all, write_records, write_summary
 from .formats import detect_format, to_messages
 from .io import DataError
 from .progress import record_progress
-from .sft import IGNORE, packed_row
-from .views import content_text
+from . import IGNORE_INDEX
+from .sft import packed_row
+from .formats import content_text
 
 
 class CurriculumOptions(BaseModel):
@@ -66,12 +67,12 @@ def loss_scores(records, model, tokenizer, opts: CurriculumOptions, show_progres
             batch = rows[b:b + opts.batch_size]
             n = max(len(x["input_ids"]) for x in batch)
             ids = torch.tensor([x["input_ids"] + [pad] * (n - len(x["input_ids"])) for x in batch])
-            lab = torch.tensor([x["labels"] + [IGNORE] * (n - len(x["labels"])) for x in batch])
+            lab = torch.tensor([x["labels"] + [IGNORE_INDEX] * (n - len(x["labels"])) for x in batch])
             att = torch.tensor([[1] * len(x["input_ids"]) + [0] * (n - len(x["input_ids"])) for x in batch])
             logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
             tgt = lab[:, 1:]
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")
-            mask = (tgt != IGNORE).float()
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE_INDEX, reduction="none")
+            mask = (tgt != IGNORE_INDEX).float()
             per = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
             scores += per.tolist()
             advance(len(batch))
@@ -122,18 +123,16 @@ def curriculum_file(in_path, out_path, opts: CurriculumOptions | None = None, sh
     if opts.by == "loss":
         if not opts.model:
             raise DataError("curriculum by loss needs a reference model (--model preset or folder)")
-        from ..config import ModelConfig
-        from ..models.loader import load_model
+        from ..models.loader import ModelSpec, load_model
 
-        model, tok, _ = load_model(ModelConfig(name_or_path=opts.model), log=lambda *_: None)
+        model, tok, _ = load_model(ModelSpec(name_or_path=opts.model), log=lambda *_: None)
         scores = loss_scores(records, model, tok, opts, show_progress)
     else:
         tok = None
         if opts.model:
-            from ..config import ModelConfig
-            from ..models.loader import load_tokenizer
+            from ..models.loader import ModelSpec, load_tokenizer
 
-            tok = load_tokenizer(ModelConfig(name_or_path=opts.model))
+            tok = load_tokenizer(ModelSpec(name_or_path=opts.model))
         scores = length_scores(records, opts, tok)
     idx = order(scores, opts)
     write_records(out_path, ({**records[i].data, "_difficulty": round(scores[i], 4)} for i in idx))

@@ -16,7 +16,7 @@ from .common import distribution, read_all
 from .dedup import NearDupIndex, exact_key, minhash_values
 from .io import DataError, detect_encoding, file_kind
 from .progress import record_progress
-from .views import content_text, detect_kind, label_of
+from .formats import content_text, detect_kind, label_of
 
 
 def _percentiles(xs: list[int]) -> dict:

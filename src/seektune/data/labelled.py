@@ -9,9 +9,9 @@ the rejects list with file:line and the reason.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
+from .holdout import cap_eval_file, holdout
 from .io import DataError, read_records
 from .ner import ConversionStats, Sentence, read_tagged, split_tag
 
@@ -34,6 +34,16 @@ class LabelledData:
     train: list
     eval: list
     stats: dict = field(default_factory=dict)
+    unused: list[dict] = field(default_factory=list)  # eval-file records beyond data.max_eval_samples
+
+
+def _stats(n_read: int, train: list, ev: list, rejects: list, unused: list, beyond: int, **extra) -> dict:
+    s = {"read": n_read, "train": len(train), "eval": len(ev), "rejected": len(rejects), "unused_eval": len(unused),
+         "beyond_max_samples": beyond, **extra}
+    s["accounting"] = (f"read {n_read}: train {len(train)} + eval {len(ev)} + rejected {len(rejects)}"
+                       + (f" + unused eval {len(unused)}" if unused else "")
+                       + (f" + beyond data.max_samples {beyond}" if beyond else ""))
+    return s
 
 
 def _pick(keys, wanted: str, candidates, what: str, where: str) -> str:
@@ -81,43 +91,29 @@ def read_text_labels(path: str, data_cfg, rejects: list) -> list[TextExample]:
     return out
 
 
-def stratified_split(items: list, key, ratio: float, seed: int) -> tuple[list, list]:
-    """Hold out `ratio` of every class (at least one item of each class with >= 2 items)."""
-    rng = random.Random(seed)
-    by: dict[str, list[int]] = {}
-    for i, it in enumerate(items):
-        by.setdefault(key(it), []).append(i)
-    held: set[int] = set()
-    for _lab, idx in sorted(by.items()):
-        rng.shuffle(idx)
-        k = int(round(len(idx) * ratio))
-        if ratio > 0 and len(idx) >= 2:
-            k = max(1, min(k, len(idx) - 1))
-        held.update(idx[:k])
-    train = [it for i, it in enumerate(items) if i not in held]
-    ev = [it for i, it in enumerate(items) if i in held]
-    return train, ev
-
-
-def _cap(items: list, n: int | None, seed: int) -> list:
-    if n is None or len(items) <= n:
-        return items
-    rng = random.Random(seed + 1)
-    idx = sorted(rng.sample(range(len(items)), n))
-    return [items[i] for i in idx]
+def _split_or_cap(train: list, data_cfg, seed: int, ev: list | None, key=None):
+    """The common hold-out (data/holdout.py), or the cap on an eval file; returns (train, eval, unused)."""
+    if ev is not None:
+        cap = cap_eval_file(len(ev), data_cfg.max_eval_samples, seed)
+        unused = [{"source": ev[i].source, "line": ev[i].line,
+                   "reason": f"beyond data.max_eval_samples={data_cfg.max_eval_samples}"} for i in cap.unused]
+        return train, [ev[i] for i in cap.used], unused
+    h = holdout(len(train), data_cfg.eval_ratio, seed, data_cfg.max_eval_samples,
+                key=(lambda i: key(train[i])) if key else None)
+    return [train[i] for i in h.train], [train[i] for i in h.eval], []
 
 
 def load_sequence_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     if not data_cfg.train:
         raise DataError("data.train is not set: give a training file")
+    n0 = len(rejects)
     train = read_text_labels(data_cfg.train, data_cfg, rejects)
-    n_read = len(train)
+    n_read = len(train) + len(rejects) - n0
+    beyond = max(0, len(train) - data_cfg.max_samples) if data_cfg.max_samples else 0
     if data_cfg.max_samples:
         train = train[: data_cfg.max_samples]
-    if data_cfg.eval:
-        ev = read_text_labels(data_cfg.eval, data_cfg, rejects)
-    else:
-        train, ev = stratified_split(train, lambda x: x.label, data_cfg.eval_ratio, seed)
+    ev = read_text_labels(data_cfg.eval, data_cfg, rejects) if data_cfg.eval else None
+    train, ev, unused = _split_or_cap(train, data_cfg, seed, ev, key=lambda x: x.label)
     labels = sort_labels(x.label for x in train)
     if len(labels) < 2:
         raise DataError(f"{data_cfg.train}: found {len(labels)} distinct label(s); classification needs >= 2")
@@ -129,10 +125,10 @@ def load_sequence_data(data_cfg, seed: int, rejects: list) -> LabelledData:
         else:
             rejects.append({"source": x.source, "line": x.line,
                             "reason": f"eval label '{x.label}' never occurs in the training data"})
-    ev = _cap(kept, data_cfg.max_eval_samples, seed)
+    ev = kept
     counts = {lab: sum(1 for x in train if x.label == lab) for lab in labels}
-    return LabelledData(labels, train, ev, {"read": n_read, "train": len(train), "eval": len(ev),
-                                            "rejected": len(rejects), "train_label_counts": counts})
+    return LabelledData(labels, train, ev, _stats(n_read, train, ev, rejects, unused, beyond,
+                                                  train_label_counts=counts), unused)
 
 
 def tag_order(tags) -> list[str]:
@@ -163,29 +159,22 @@ def load_token_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     conv = ConversionStats()
     kw = dict(scheme=data_cfg.label_scheme, nested_policy=data_cfg.nested_policy,
               strip_digits=data_cfg.strip_digits, errors=rejects, stats=conv)
+    n0 = len(rejects)
     train = read_tagged(data_cfg.train, **kw)
-    n_read = len(train)
+    n_read = len(train) + len(rejects) - n0
     train = _valid_sentences(train, data_cfg.label_scheme, rejects)
+    beyond = max(0, len(train) - data_cfg.max_samples) if data_cfg.max_samples else 0
     if data_cfg.max_samples:
         train = train[: data_cfg.max_samples]
-    if data_cfg.eval:
-        ev = _valid_sentences(read_tagged(data_cfg.eval, **kw), data_cfg.label_scheme, rejects)
-    else:
-        rng = random.Random(seed)
-        idx = list(range(len(train)))
-        rng.shuffle(idx)
-        k = max(1, int(round(len(idx) * data_cfg.eval_ratio))) if data_cfg.eval_ratio > 0 and len(idx) >= 4 else 0
-        held = set(idx[:k])
-        ev = [s for i, s in enumerate(train) if i in held]
-        train = [s for i, s in enumerate(train) if i not in held]
+    ev = _valid_sentences(read_tagged(data_cfg.eval, **kw), data_cfg.label_scheme, rejects) if data_cfg.eval else None
+    train, ev, unused = _split_or_cap(train, data_cfg, seed, ev)
     labels = tag_order(t for s in train for t in s.tags)
     if len(labels) < 2:
         raise DataError(f"{data_cfg.train}: no entity tags found (only 'O'); check the file and data.label_scheme")
-    ev = _cap(ev, data_cfg.max_eval_samples, seed)
     unseen = sorted({t for s in ev for t in s.tags} - set(labels))
-    stats = {"read": n_read, "train": len(train), "eval": len(ev), "rejected": len(rejects),
-             "train_tokens": sum(len(s.tokens) for s in train), "eval_tags_unseen_in_train": unseen}
+    stats = _stats(n_read, train, ev, rejects, unused, beyond, train_tokens=sum(len(s.tokens) for s in train),
+                   eval_tags_unseen_in_train=unseen)
     if conv.entities:
         stats["span_conversion"] = conv.as_dict()
         stats["span_conversion_notes"] = conv.examples[:20]
-    return LabelledData(labels, train, ev, stats)
+    return LabelledData(labels, train, ev, stats, unused)

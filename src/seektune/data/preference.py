@@ -1,6 +1,6 @@
 """Preference pairs: read the common on-disk forms into one shape, render them with a chat template.
 
-Forms (detected per file from the first record, or set with align.format):
+Forms (data/formats.py; detected per file from the first record, or set with data.format):
 - pairs:    `prompt` (string or messages), `chosen`, `rejected` (strings); optional `system`
 - sharegpt: `conversations` (from/value turns) + `chosen` + `rejected` ({from, value} messages or
             strings), as LLaMA-Factory's dpo_{en,zh}_demo.json
@@ -8,21 +8,18 @@ Forms (detected per file from the first record, or set with align.format):
             hh-rlhf); the shared dialogue is split off at the last "\\n\\nAssistant:"
 
 Every pair becomes (prompt messages, chosen text, rejected text). Pairs that cannot teach anything
-(empty side, identical sides, no user turn) go to the rejects list with file:line and a reason.
+(empty side, identical sides, no user turn) go to the rejects list with file:line and a reason, as do
+pairs longer than the length limits (never cut mid-answer). read = train + eval + rejected.
 """
 
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats import _SHAREGPT_ROLES, _text
+from .formats import PREFERENCE_FORMATS, PreferenceFormat, detect, get_format, split_hh  # noqa: F401 (re-export)
+from .holdout import cap_eval_file, holdout
 from .io import DataError, Record, read_records
-
-PREFERENCE_FORMATS = ("pairs", "sharegpt", "hh")
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
 @dataclass
@@ -47,75 +44,24 @@ class PreferenceData:
     eval: list[Pair]
     rejects: list[dict] = field(default_factory=list)
     read: int = 0
+    unused: list[dict] = field(default_factory=list)
 
     @property
     def stats(self) -> dict:
-        return {"read": self.read, "train": len(self.train), "eval": len(self.eval), "rejected": len(self.rejects)}
+        return {"read": self.read, "train": len(self.train), "eval": len(self.eval), "rejected": len(self.rejects),
+                "unused_eval": len(self.unused)}
 
 
 def detect_preference_format(d: dict) -> str:
-    keys = set(d)
-    if "conversations" in keys and {"chosen", "rejected"} <= keys:
-        return "sharegpt"
-    if {"prompt", "chosen", "rejected"} <= keys:
-        return "pairs"
-    if {"chosen", "rejected"} <= keys and isinstance(d["chosen"], str) and "\n\nAssistant:" in d["chosen"]:
-        return "hh"
-    raise DataError(f"cannot tell the preference format from the fields {sorted(keys)}; expected prompt/chosen/"
-                    "rejected, ShareGPT conversations + chosen/rejected, or hh-rlhf chosen/rejected transcripts; "
-                    "or set align.format")
-
-
-def split_hh(transcript: str) -> tuple[list[dict[str, str]], str]:
-    """"\\n\\nHuman: a\\n\\nAssistant: b ..." -> (messages before the last assistant turn, last reply)."""
-    parts = _HH_TURN.split(transcript)
-    # parts = [lead, 'Human', text, 'Assistant', text, ...]
-    if len(parts) < 3 or parts[-2] != "Assistant":
-        raise ValueError("transcript does not end with an Assistant turn")
-    msgs = []
-    for who, text in zip(parts[1:-2:2], parts[2:-2:2]):
-        msgs.append({"role": "user" if who == "Human" else "assistant", "content": text.strip()})
-    return msgs, parts[-1].strip()
-
-
-def _side(v) -> str:
-    if isinstance(v, dict):
-        return _text(v.get("value", v.get("content")))
-    if isinstance(v, list):  # a list of messages: the last one is the response
-        return _side(v[-1]) if v else ""
-    return _text(v)
+    return detect(d, "preference").name
 
 
 def to_pair(rec: Record, fmt: str, system_prompt: str | None = None) -> Pair:
     """One record -> Pair; raise ValueError with the reason when it is not a usable pair."""
-    d = rec.data
-    if fmt == "hh":
-        c_prompt, chosen = split_hh(_text(d.get("chosen")))
-        r_prompt, rejected = split_hh(_text(d.get("rejected")))
-        if c_prompt != r_prompt:
-            raise ValueError("chosen and rejected transcripts differ before their last Assistant turn")
-        prompt = c_prompt
-    elif fmt == "sharegpt":
-        prompt = []
-        if d.get("system"):
-            prompt.append({"role": "system", "content": _text(d["system"])})
-        for turn in d.get("conversations") or []:
-            role = _SHAREGPT_ROLES.get(str(turn.get("from", turn.get("role", ""))).lower()) if isinstance(turn, dict) else None
-            if role is None:
-                raise ValueError(f"unknown speaker in conversations: {turn!r:.80}")
-            prompt.append({"role": role, "content": _text(turn.get("value", turn.get("content")))})
-        chosen, rejected = _side(d.get("chosen")), _side(d.get("rejected"))
-    elif fmt == "pairs":
-        p = d.get("prompt")
-        if isinstance(p, list):
-            prompt = [{"role": str(m.get("role")), "content": _text(m.get("content"))} for m in p]
-        else:
-            prompt = [{"role": "user", "content": _text(p)}]
-        if d.get("system"):
-            prompt.insert(0, {"role": "system", "content": _text(d["system"])})
-        chosen, rejected = _side(d.get("chosen")), _side(d.get("rejected"))
-    else:
-        raise DataError(f"align.format: unknown preference format '{fmt}' (expected {', '.join(PREFERENCE_FORMATS)})")
+    f = get_format(fmt, "preference")
+    assert isinstance(f, PreferenceFormat)
+    prompt = f.prompt_messages(rec.data)
+    chosen, rejected = f.sides(rec.data)
     if system_prompt and not any(m["role"] == "system" for m in prompt):
         prompt.insert(0, {"role": "system", "content": system_prompt})
     if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
@@ -138,6 +84,8 @@ def read_pairs(path: str | Path, fmt: str = "auto", system_prompt: str | None = 
         read += 1
         if fmt == "auto":
             fmt = detect_preference_format(rec.data)
+        elif fmt not in PREFERENCE_FORMATS:
+            raise DataError(f"data.format: '{fmt}' is not a preference format ({', '.join(PREFERENCE_FORMATS)})")
         try:
             pairs.append(to_pair(rec, fmt, system_prompt))
         except (ValueError, AttributeError, TypeError) as e:
@@ -151,25 +99,26 @@ def read_pairs(path: str | Path, fmt: str = "auto", system_prompt: str | None = 
     return pairs, read
 
 
-def load_preference_data(data_cfg, align_cfg, seed: int) -> PreferenceData:
-    """data.train (+ data.eval, or a seeded eval_ratio hold-out of data.train) as pairs."""
+def load_preference_data(data_cfg, seed: int) -> PreferenceData:
+    """data.train (+ data.eval, or the common hold-out of data.train) as pairs."""
     if not data_cfg.train:
         raise DataError("data.train is not set: give a preference file (prompt/chosen/rejected, ShareGPT, hh-rlhf)")
     rejects: list[dict] = []
-    train, read = read_pairs(data_cfg.train, align_cfg.format, data_cfg.system_prompt, rejects, data_cfg.max_samples)
+    train, read = read_pairs(data_cfg.train, data_cfg.format, data_cfg.system_prompt, rejects, data_cfg.max_samples)
+    unused: list[dict] = []
     if data_cfg.eval:
-        ev, n = read_pairs(data_cfg.eval, align_cfg.format, data_cfg.system_prompt, rejects)
+        ev, n = read_pairs(data_cfg.eval, data_cfg.format, data_cfg.system_prompt, rejects)
         read += n
+        cap = cap_eval_file(len(ev), data_cfg.max_eval_samples, seed)
+        unused = [{"where": ev[i].where, "reason": f"beyond data.max_eval_samples={data_cfg.max_eval_samples}"}
+                  for i in cap.unused]
+        ev = [ev[i] for i in cap.used]
     else:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        k = int(round(len(train) * data_cfg.eval_ratio))
-        held = set(order[:k])
-        ev = [train[i] for i in sorted(held)]
-        train = [p for i, p in enumerate(train) if i not in held]
+        h = holdout(len(train), data_cfg.eval_ratio, seed, data_cfg.max_eval_samples)
+        train, ev = [train[i] for i in h.train], [train[i] for i in h.eval]
     if not train:
         raise DataError(f"{data_cfg.train}: no training pairs left after the eval hold-out")
-    return PreferenceData(train, ev, rejects, read)
+    return PreferenceData(train, ev, rejects, read, unused)
 
 
 def render_pair(pair: Pair, template) -> RenderedPair:
@@ -201,3 +150,29 @@ def truncate_pairs(pairs: list[RenderedPair], tok, max_length: int, max_prompt: 
         else:
             kept.append(p)
     return kept, dropped
+
+
+def prepare_pairs(data_cfg, tok, template, seed: int, max_prompt_length: int, prompts_only: bool = False):
+    """Read, render and length-filter the preference pairs of a run.
+
+    Returns (train, eval, stats, rejects, unused): rendered pairs, the counts (read = train + eval +
+    rejected, with too-long pairs among the rejected) and the records to list in the run folder.
+    `prompts_only`: the stage generates its own responses (ppo), so only the prompt length matters.
+    """
+    data = load_preference_data(data_cfg, seed)
+    train = [render_pair(p, template) for p in data.train]
+    ev = [render_pair(p, template) for p in data.eval]
+    max_prompt = min(max_prompt_length, data_cfg.max_length - 1)
+    max_total = 10 ** 9 if prompts_only else data_cfg.max_length
+    train, long_t = truncate_pairs(train, tok, max_total, max_prompt)
+    ev, long_e = truncate_pairs(ev, tok, max_total, max_prompt)
+    rejects = data.rejects + [{"source": d["where"].rsplit(":", 1)[0], "line": int(d["where"].rsplit(":", 1)[1]),
+                               "reason": d["reason"]} for d in long_t + long_e]
+    stats = {**data.stats, "too_long": len(long_t) + len(long_e), "train": len(train), "eval": len(ev),
+             "rejected": len(rejects)}
+    stats["accounting"] = (f"{stats['read']} read = train {stats['train']} + eval {stats['eval']} + rejected "
+                           f"{stats['rejected']} (too long {stats['too_long']})"
+                           + (f" + unused eval {stats['unused_eval']}" if stats["unused_eval"] else ""))
+    if not train:
+        raise DataError("no training pairs fit data.max_length / max_prompt_length; raise them")
+    return train, ev, stats, rejects, data.unused

@@ -2,7 +2,9 @@
 
 Tokenised data is cached on disk, keyed by the data file's hash, the tokenizer, the template and
 every option that changes the tokens, so a second launch skips tokenisation entirely.
-Records that cannot be used go to a rejects file with their source line and the reason.
+Every record is accounted for: `read = train + eval + rejected (+ beyond data.max_samples)` for the
+training file, `read = evaluated + unused + rejected` for an eval file; rejects go to the run's
+rejects file with their source line and the reason, unused eval records to unused_eval.jsonl.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..utils.paths import cache_dir
-from .formats import detect_format, to_messages
+from . import IGNORE_INDEX
+from .formats import to_messages
+from .holdout import cap_eval_file, holdout
 from .io import DataError, Record, read_records, write_jsonl
 from .templates import ChatTemplate, template_fingerprint
 
-IGNORE = -100
-CACHE_VERSION = "sft-v1"
+CACHE_VERSION = "sft-v2"
 
 
 def tokenize_conversation(messages, template: ChatTemplate, tokenizer, max_length: int) -> dict:
@@ -28,7 +31,7 @@ def tokenize_conversation(messages, template: ChatTemplate, tokenizer, max_lengt
     r = template.render(messages)
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = [IGNORE] * len(ids)
+    labels = [IGNORE_INDEX] * len(ids)
     si = 0
     spans = r.spans
     for t, (s, _e) in enumerate(offsets):
@@ -71,8 +74,7 @@ def _convert(records, fmt: str, system_prompt, rejects: list) -> list[tuple[Reco
     out = []
     for rec in records:
         try:
-            f = fmt if fmt != "auto" else detect_format(rec.data)
-            out.append((rec, to_messages(rec, f, system_prompt)))
+            out.append((rec, to_messages(rec, fmt, system_prompt)))
         except DataError as e:
             rejects.append({"source": rec.source, "line": rec.line, "reason": str(e).split(": ", 1)[-1]})
     return out
@@ -84,7 +86,7 @@ def _train_only(conv) -> set[int]:
     if not synthetic:
         return set()
     from .dedup import exact_key
-    from .views import content_text, detect_kind
+    from .formats import content_text, detect_kind
 
     sources = {str(conv[i][0].data["_augmented"].get("digest")) for i in synthetic
                if isinstance(conv[i][0].data.get("_augmented"), dict)}
@@ -99,8 +101,8 @@ def _train_only(conv) -> set[int]:
 
 
 def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejects_path: Path | None = None,
-                   log=print) -> SFTData:
-    """Read, convert, split (when no eval file), tokenise, and cache."""
+                   log=print, unused_path: Path | None = None) -> SFTData:
+    """Read, convert, hold out (when no eval file), tokenise, and cache; every record accounted for."""
     if not data_cfg.train:
         raise DataError("data.train is not set: give a training file")
     key_parts = [CACHE_VERSION, _file_digest(data_cfg.train), data_cfg.eval and _file_digest(data_cfg.eval),
@@ -115,40 +117,43 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
         log(f"tokenised data: cache hit ({cpath.name}), skipping tokenisation")
         if rejects_path is not None and cached.get("rejects"):
             write_jsonl(rejects_path, cached["rejects"])
+        if unused_path is not None and cached.get("unused"):
+            write_jsonl(unused_path, cached["unused"])
         return SFTData(cached["train"], cached["eval"], cached["stats"])
 
     rejects: list[dict] = []
     read_errors: list[dict] = []
     train_recs = list(read_records(data_cfg.train, on_error="collect", errors=read_errors))
     n_read = len(train_recs) + len(read_errors)
-    if data_cfg.max_samples:
+    beyond = 0
+    if data_cfg.max_samples and len(train_recs) > data_cfg.max_samples:
+        beyond = len(train_recs) - data_cfg.max_samples
         train_recs = train_recs[: data_cfg.max_samples]
     rejects.extend(read_errors)
     train_conv = _convert(train_recs, data_cfg.format, data_cfg.system_prompt, rejects)
+    n_train_rejected = len(rejects)
+    unused: list[dict] = []
+    eval_file = None
+    capped = 0
     if data_cfg.eval:
         eval_errors: list[dict] = []
         eval_recs = list(read_records(data_cfg.eval, on_error="collect", errors=eval_errors))
         rejects.extend(eval_errors)
         eval_conv = _convert(eval_recs, data_cfg.format, data_cfg.system_prompt, rejects)
+        cap = cap_eval_file(len(eval_conv), data_cfg.max_eval_samples, seed)
+        unused = [{"source": eval_conv[i][0].source, "line": eval_conv[i][0].line,
+                   "reason": f"beyond data.max_eval_samples={data_cfg.max_eval_samples}"} for i in cap.unused]
+        eval_conv = [eval_conv[i] for i in cap.used]
+        eval_file = {"path": str(data_cfg.eval), "read": len(eval_recs) + len(eval_errors),
+                     "evaluated": len(eval_conv), "unused": len(unused), "rejected": len(rejects) - n_train_rejected}
     else:
-        rng = random.Random(seed)
-        idx = list(range(len(train_conv)))
-        rng.shuffle(idx)
-        n_eval = int(round(len(idx) * data_cfg.eval_ratio)) if data_cfg.eval_ratio > 0 else 0
-        if data_cfg.eval_ratio > 0 and len(idx) >= 4:
-            n_eval = max(1, n_eval)
         # copies made by `seektune data augment/balance`, and the records they were made from, stay in train
-        keep = _train_only(train_conv)
-        if keep:
-            idx = [i for i in idx if i not in keep]
-            n_eval = min(n_eval, len(idx))
-        eval_set = set(idx[:n_eval])
-        eval_conv = [c for i, c in enumerate(train_conv) if i in eval_set]
-        train_conv = [c for i, c in enumerate(train_conv) if i not in eval_set]
-    if data_cfg.max_eval_samples:
-        eval_conv = eval_conv[: data_cfg.max_eval_samples]
+        h = holdout(len(train_conv), data_cfg.eval_ratio, seed, data_cfg.max_eval_samples, keep=_train_only(train_conv))
+        capped = h.capped
+        eval_conv = [train_conv[i] for i in h.eval]
+        train_conv = [train_conv[i] for i in h.train]
 
-    def tok_all(conv, split):
+    def tok_all(conv):
         rows, n_trunc = [], 0
         for rec, msgs in conv:
             try:
@@ -156,7 +161,7 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
             except Exception as e:  # template errors are per-record facts too
                 rejects.append({"source": rec.source, "line": rec.line, "reason": f"template: {e}"})
                 continue
-            if not any(l != IGNORE for l in ex["labels"]):
+            if not any(lab != IGNORE_INDEX for lab in ex["labels"]):
                 rejects.append({"source": rec.source, "line": rec.line,
                                 "reason": f"no assistant tokens left within data.max_length={data_cfg.max_length}"})
                 continue
@@ -165,26 +170,57 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
             rows.append(ex)
         return rows, n_trunc
 
-    train_rows, tr_trunc = tok_all(train_conv, "train")
-    eval_rows, ev_trunc = tok_all(eval_conv, "eval")
+    before = len(rejects)
+    train_rows, tr_trunc = tok_all(train_conv)
+    rej_train_tok = len(rejects) - before
+    before = len(rejects)
+    eval_rows, ev_trunc = tok_all(eval_conv)
+    rej_eval_tok = len(rejects) - before
     if not train_rows:
         raise DataError(f"{data_cfg.train}: no usable training records ({len(rejects)} rejected"
                         + (f", see {rejects_path}" if rejects_path else "") + ")")
+    # rejects counted per file: a held-out record from the training file counts for that file
+    rejected_train = n_train_rejected + rej_train_tok + (0 if eval_file else rej_eval_tok)
+    if eval_file:
+        eval_file["evaluated"] = len(eval_rows)
+        eval_file["rejected"] += rej_eval_tok
     stats = {
         "read": n_read, "train": len(train_rows), "eval": len(eval_rows), "rejected": len(rejects),
+        "rejected_train_file": rejected_train, "beyond_max_samples": beyond,
+        "eval_capped_to_train": capped, "eval_file": eval_file,
         "truncated": tr_trunc + ev_trunc,
         "train_tokens": sum(len(r["input_ids"]) for r in train_rows),
-        "train_label_tokens": sum(sum(1 for l in r["labels"] if l != IGNORE) for r in train_rows),
+        "train_label_tokens": sum(sum(1 for lab in r["labels"] if lab != IGNORE_INDEX) for r in train_rows),
         "cache": "miss",
     }
+    stats["accounting"] = accounting_line(stats)
     if rejects_path is not None and rejects:
         write_jsonl(rejects_path, rejects)
+    if unused_path is not None and unused:
+        write_jsonl(unused_path, unused)
     if data_cfg.cache:
         cpath.parent.mkdir(parents=True, exist_ok=True)
         tmp = cpath.with_suffix(f".tmp{os.getpid()}")  # several ranks may write the same cache entry
-        tmp.write_text(json.dumps({"train": train_rows, "eval": eval_rows, "stats": stats, "rejects": rejects}))
+        tmp.write_text(json.dumps({"train": train_rows, "eval": eval_rows, "stats": stats, "rejects": rejects,
+                                   "unused": unused}))
         tmp.replace(cpath)
     return SFTData(train_rows, eval_rows, stats)
+
+
+def accounting_line(s: dict) -> str:
+    """`read 8658 = train 8458 + eval 200 + rejected 0` (and the eval file's own line): the identity
+    every loader promises, printed so a reader can check it."""
+    held = 0 if s.get("eval_file") else s["eval"]
+    parts = [f"train {s['train']}"] + ([f"eval {held}"] if not s.get("eval_file") else []) + \
+        [f"rejected {s['rejected_train_file']}"]
+    if s.get("beyond_max_samples"):
+        parts.append(f"beyond data.max_samples {s['beyond_max_samples']}")
+    line = f"{s['read']} read = " + " + ".join(parts)
+    ef = s.get("eval_file")
+    if ef:
+        line += (f"; eval file: {ef['read']} read = evaluated {ef['evaluated']} + unused {ef['unused']} "
+                 f"+ rejected {ef['rejected']}")
+    return line
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +259,7 @@ def packed_row(samples: list[dict]) -> dict:
     for r in samples:
         ids += r["input_ids"]
         lab = list(r["labels"])
-        lab[0] = IGNORE
+        lab[0] = IGNORE_INDEX
         labels += lab
         pos += list(range(len(r["input_ids"])))
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "num_samples": len(samples)}

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .common import distribution, kind_of, read_all, write_records, write_summary
 from .dedup import UnionFind, duplicate_groups, exact_key
 from .io import DataError, Record
-from .views import content_text, label_of
+from .formats import content_text, label_of
 
 SPLITS = ("train", "validation", "test")
 

@@ -13,10 +13,12 @@ ignored by the loss (-100) and by the merge.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from .io import DataError
-from .sft import IGNORE
+from . import IGNORE_INDEX
 
 
 
@@ -57,7 +59,7 @@ def word_windows(tokenizer, words: list[str], word_labels: list[int] | None, max
             first = wid is not None and wid != prev and offsets[j][0] == 0
             index.append(wid if first else -1)
             prev = wid
-        labels = [word_labels[i] if (i >= 0 and word_labels is not None) else IGNORE for i in index]
+        labels = [word_labels[i] if (i >= 0 and word_labels is not None) else IGNORE_INDEX for i in index]
         rows.append({"input_ids": list(enc["input_ids"][w]), "labels": labels, "word_index": index})
     return rows
 
@@ -89,3 +91,36 @@ def merge_word_windows(n_words: int, windows: list[tuple[list[int], np.ndarray]]
             sums[wid] = sums.get(wid, 0) + probs[j]
             counts[wid] = counts.get(wid, 0) + 1
     return [int(np.argmax(sums[i])) if i in sums else None for i in range(n_words)]
+
+
+def build_rows(task: str, data, tok, max_length: int, stride: int):
+    """Training rows and eval windows (each window remembers its eval item)."""
+    lid = {lab: i for i, lab in enumerate(data.labels)}
+    train_rows, eval_rows, owners = [], [], []
+    if task == "sequence_classification":
+        for ex in data.train:
+            for ids in text_windows(tok, ex.text, max_length, stride):
+                train_rows.append({"input_ids": ids, "labels": lid[ex.label]})
+        for k, ex in enumerate(data.eval):
+            for ids in text_windows(tok, ex.text, max_length, stride):
+                eval_rows.append({"input_ids": ids, "labels": lid[ex.label]})
+                owners.append(k)
+    else:
+        for s in data.train:
+            train_rows.extend(word_windows(tok, s.tokens, [lid[t] for t in s.tags], max_length, stride))
+        for k, s in enumerate(data.eval):
+            wl = [lid.get(t, IGNORE_INDEX) for t in s.tags]  # tags unseen in training: no loss, still scored
+            for r in word_windows(tok, s.tokens, wl, max_length, stride):
+                eval_rows.append(r)
+                owners.append(k)
+    return train_rows, eval_rows, owners
+
+
+def label_counts(task: str, train_rows: list[dict], labels: list[str]) -> dict[str, int]:
+    c: Counter = Counter()
+    for r in train_rows:
+        if task == "sequence_classification":
+            c[r["labels"]] += 1
+        else:
+            c.update(x for x in r["labels"] if x != IGNORE_INDEX)
+    return {lab: c.get(i, 0) for i, lab in enumerate(labels)}

@@ -121,12 +121,13 @@ def perplexity(model, tokenizer, template, conversations: list[list[dict]], max_
     import torch
 
     from ..data.collate import PadCollator
-    from ..data.sft import IGNORE, tokenize_conversation
+    from ..data import IGNORE_INDEX
+    from ..data.sft import tokenize_conversation
 
     rows = []
     for msgs in conversations:
         ex = tokenize_conversation(msgs, template, tokenizer, max_length)
-        if any(lab != IGNORE for lab in ex["labels"]):
+        if any(lab != IGNORE_INDEX for lab in ex["labels"]):
             rows.append({"input_ids": ex["input_ids"], "labels": ex["labels"]})
     if not rows:
         return float("nan")
@@ -144,9 +145,9 @@ def perplexity(model, tokenizer, template, conversations: list[list[dict]], max_
                 shift_labels = batch["labels"][:, 1:]
                 nll = torch.nn.functional.cross_entropy(
                     shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                    ignore_index=IGNORE, reduction="sum")
+                    ignore_index=IGNORE_INDEX, reduction="sum")
                 total_nll += float(nll)
-                total_tok += int((shift_labels != IGNORE).sum())
+                total_tok += int((shift_labels != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     return math.exp(total_nll / total_tok) if total_tok else float("nan")

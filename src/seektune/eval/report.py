@@ -68,7 +68,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def make_plots(metrics: list[dict], evald: dict | None) -> dict[str, tuple[str, bytes]]:
+def make_plots(metrics: list[dict], evald: dict | None, curves: list[dict] | None = None) -> dict[str, tuple[str, bytes]]:
     """name -> (caption, PNG bytes). Only plots that have data are made."""
     import matplotlib
 
@@ -94,33 +94,17 @@ def make_plots(metrics: list[dict], evald: dict | None) -> dict[str, tuple[str, 
         ax.set_xlabel("step"), ax.set_ylabel("learning rate"), ax.grid(alpha=0.3), ax.set_title("Learning rate")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         plots["lr"] = ("Learning rate schedule", _png(fig))
-    curves = [(k, METRIC_NAMES[k[5:]]) for k in ("eval_rouge_l", "eval_bleu4", "eval_exact_match")
-              if _series(metrics, k)[0]]
-    if curves:
+    # the stage's own curves, as its summary.json names them (no per-stage code here)
+    for i, spec in enumerate(curves or []):
+        keys = [k for k in spec.get("keys", []) if _series(metrics, k)[0]]
+        if not keys:
+            continue
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        for k, name in curves:
-            cx, cy = _series(metrics, k)
-            ax.plot(cx, cy, "o-", label=name)
-        ax.set_xlabel("step"), ax.set_ylabel("score (0-100)"), ax.grid(alpha=0.3), ax.legend()
-        ax.set_title("Generation metrics during training (fixed eval subset)")
-        plots["eval_curves"] = ("Generation metrics during training", _png(fig))
-    # alignment stages: PPO logs score/reward/kl per iteration, DPO and RM the trl reward metrics
-    align = [(k, label) for k, label in (("score", "reward-model score"), ("reward", "reward (whitened - KL)"),
-                                          ("rewards/margins", "chosen - rejected reward"),
-                                          ("rewards/accuracies", "pair accuracy"), ("accuracy", "pair accuracy"))
-             if _series(metrics, k)[0]]
-    if align:
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        for k, label in align:
-            ax.plot(*_series(metrics, k), "o-", ms=3, label=label)
-        kx, ky = _series(metrics, "kl")
-        if kx:
-            ax2 = ax.twinx()
-            ax2.plot(kx, ky, "--", color="#7f7f7f", label="KL to reference")
-            ax2.set_ylabel("KL"), ax2.legend(loc="lower right", fontsize=8)
-        ax.set_xlabel("step / iteration"), ax.grid(alpha=0.3), ax.legend(loc="upper left", fontsize=8)
-        ax.set_title("Alignment: reward curve")
-        plots["reward_curve"] = ("Reward during alignment", _png(fig))
+        for k in keys:
+            ax.plot(*_series(metrics, k), "o-", ms=3, label=k)
+        ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        ax.set_title(spec.get("title", ""))
+        plots[f"stage_curve_{i}"] = (spec.get("title", "stage curve"), _png(fig))
     if evald:
         bars = []
         for set_name, r in evald.get("sets", {}).items():
@@ -167,11 +151,14 @@ def config_rows(cfg: dict | None, summary: dict | None) -> list[list[str]]:
                           f"{t.get('grad_accum')}, max_steps {t.get('max_steps')}, epochs {t.get('epochs')}"],
             ["seed", str(t.get("seed"))]]
     if summary:
-        rows += [["trainable parameters", f"{summary.get('trainable_params', 0):,} of {summary.get('total_params', 0):,}"],
+        tps = (summary.get("details") or {}).get("real_tokens_per_s")
+        rows += [["stage", str(summary.get("stage"))],
+                 ["trainable parameters", f"{summary.get('trainable_params') or 0:,} of {summary.get('total_params') or 0:,}"],
                  ["steps", str(summary.get("steps"))],
-                 ["train time", f"{_fmt(summary.get('train_seconds'), 0)} s on {summary.get('threads')} threads, "
-                                f"{_fmt(summary.get('real_tokens_per_s'), 0)} real tokens/s"],
-                 ["eval loss", f"{_fmt(summary.get('eval_loss_before'), 4)} -> {_fmt(summary.get('eval_loss_after'), 4)}"]]
+                 ["train time", f"{_fmt(summary.get('train_seconds'), 0)} s on {summary.get('threads')} threads"
+                                + (f", {_fmt(tps, 0)} real tokens/s" if tps is not None else "")]]
+        if summary.get("resumed_from"):
+            rows.append(["resumed from", str(summary["resumed_from"])])
     return rows
 
 
@@ -182,9 +169,15 @@ def data_rows(cfg: dict | None, summary: dict | None) -> list[list[str]]:
         rows += [["train file", str(d.get("train"))], ["eval file", str(d.get("eval") or f"held out {d.get('eval_ratio')} of train")]]
     if summary and summary.get("data"):
         s = summary["data"]
-        rows += [["records", f"read {s.get('read')}, train {s.get('train')}, eval {s.get('eval')}, "
-                             f"rejected {s.get('rejected')}, truncated {s.get('truncated')}"],
-                 ["tokens", f"{s.get('train_label_tokens', 0):,} trained of {s.get('train_tokens', 0):,}"]]
+        rows.append(["records", s.get("accounting") or f"read {s.get('read')}, train {s.get('train')}, "
+                     f"eval {s.get('eval')}, rejected {s.get('rejected')}"])
+        if s.get("truncated") is not None:
+            rows.append(["truncated", str(s.get("truncated"))])
+        if s.get("train_label_tokens") is not None:
+            rows.append(["tokens", f"{s.get('train_label_tokens', 0):,} trained of {s.get('train_tokens', 0):,}"])
+        if s.get("replay"):
+            r = s["replay"]
+            rows.append(["replay", f"{r['samples']} general samples from {r['file']} ({100 * r['share']:.1f}% of samples)"])
     return rows
 
 
@@ -207,20 +200,15 @@ def single_rows(r: dict) -> list[list[str]]:
 # writers
 # --------------------------------------------------------------------------------------------
 
-def alignment_rows(summary: dict) -> list[list[str]]:
-    """rm / dpo: held-out pair metrics before and after; ppo: mean reward-model score, first vs last quarter."""
-    summary = summary or {}  # `seektune eval` on a bare model has no run summary
-    stage = summary.get("stage")
-    if stage == "ppo":
-        return [["iterations", _fmt(summary.get("iterations"))],
-                ["mean score, first quarter -> last quarter",
-                 f"{_fmt(summary.get('score_first_quarter'), 4)} -> {_fmt(summary.get('score_last_quarter'), 4)}"],
-                ["final KL coefficient", _fmt(summary.get("final_kl_coef"), 4)]]
-    b, a = summary.get("heldout_before"), summary.get("heldout_after")
-    if stage not in ("rm", "dpo") or not isinstance(b, dict) or not isinstance(a, dict):
-        return []
-    return [[f"held-out {k}", f"{_fmt(b.get(k), 4)} -> {_fmt(a.get(k), 4)}"] for k in b if k in a
-            and isinstance(b[k], (int, float))]
+def evidence_rows(summary: dict | None) -> list[list[str]]:
+    """The stage's evidence: what it measured before and after training, on the same held-out data."""
+    rows = []
+    for r in (summary or {}).get("evidence", []):
+        b, a = r.get("before"), r.get("after")
+        delta = f"{a - b:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
+        rows.append([r["name"], _fmt(b, 4), _fmt(a, 4), delta, f"{r.get('better', 'higher')} is better",
+                     str(r.get("n") or "-")])
+    return rows
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -271,7 +259,11 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
     src = _load(Path(run_files) if run_files else run_dir)
     evald = eval_payload if eval_payload is not None else _load(run_dir)["eval"]
     cfg, summary, metrics = src["config"], src["summary"], src["metrics"]
-    plots = make_plots(metrics, evald)
+    plots = make_plots(metrics, evald, (summary or {}).get("curves"))
+    for fig in ((summary or {}).get("details") or {}).get("figures", []):
+        fp = (Path(run_files) if run_files else run_dir) / fig
+        if fp.exists():
+            plots.setdefault(Path(fig).stem, (Path(fig).stem.replace("_", " "), fp.read_bytes()))
     files = run_dir / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     for name, (_cap, png) in plots.items():
@@ -296,11 +288,15 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
         h.append(f"<p class='alert'>Forgetting warning: general-domain drop larger than {100 * thr:.0f}%: "
                  f"{html.escape(txt)}</p>")
 
-    for heading, rows in (("Configuration", config_rows(cfg, summary)), ("Data", data_rows(cfg, summary)),
-                          ("Alignment", alignment_rows(summary))):
+    for heading, rows in (("Configuration", config_rows(cfg, summary)), ("Data", data_rows(cfg, summary))):
         if rows:
             md += [f"## {heading}", "", _md_table(["item", "value"], rows), ""]
             h += [f"<h2>{heading}</h2>", _html_table(["", ""], rows)]
+    ev_rows = evidence_rows(summary)
+    if ev_rows:
+        header = ["measure", "before", "after", "change", "direction", "held-out n"]
+        md += ["## Before and after", "", _md_table(header, ev_rows), ""]
+        h += ["<h2>Before and after</h2>", _html_table(header, ev_rows)]
 
     if plots:
         md += ["## Curves", ""]

@@ -164,42 +164,22 @@ def _json_default(o):
 # `seektune eval TARGET`
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class Target:
-    """What `seektune eval` was pointed at, resolved."""
+def _model_cfg(art):
+    """The ModelConfig that loads an artifact's model (the base, for adapters)."""
+    from ..config import ModelConfig
 
-    kind: str  # "run" | "adapter" | "model"
-    model_cfg: object
-    adapter_dir: Path | None
-    run_cfg: object | None
-    label: str
-
-
-def resolve_target(target: str) -> Target:
-    from ..config import ModelConfig, load_config
-
-    p = Path(target)
-    if (p / "config.yaml").exists() and (p / "final").is_dir():
-        cfg = load_config(p / "config.yaml")
-        final = p / "final"
-        adapter = final if (final / "adapter_config.json").exists() else None
-        mc = cfg.model if adapter else cfg.model.model_copy(update={"name_or_path": str(final)})
-        return Target("run", mc, adapter, cfg, str(p))
-    if (p / "adapter_config.json").exists():
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise DataError(f"{p / 'adapter_config.json'}: no base_model_name_or_path; cannot tell the base model")
-        return Target("adapter", ModelConfig(name_or_path=base), p, None, str(p))
-    if p.is_dir() and not (p / "config.json").exists() and (p / "final").is_dir():
-        raise DataError(f"{p}: a run folder without config.yaml; evaluate {p / 'final'} instead")
-    return Target("model", ModelConfig(name_or_path=target), None, None, target)
+    if art.kind == "adapter":
+        return art.run_cfg.model if art.run_cfg is not None else ModelConfig(name_or_path=art.base_path)
+    if art.run_cfg is not None:
+        return art.run_cfg.model.model_copy(update={"name_or_path": str(art.path)})
+    return ModelConfig(name_or_path=str(art.path))
 
 
-def _load_tokenizer_for(t: Target):
+def _tokenizer_for(art):
     from ..models.loader import load_tokenizer
 
-    if t.adapter_dir is not None and (t.adapter_dir / "tokenizer_config.json").exists():
-        return load_tokenizer(t.model_cfg, str(t.adapter_dir))
+    if art.kind == "adapter" and (art.path / "tokenizer_config.json").exists():
+        return load_tokenizer(_model_cfg(art), str(art.path))
     return None
 
 
@@ -209,13 +189,21 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
     """Evaluate TARGET on DATA (and GENERAL); with base=True also the base model, for before/after."""
     from ..config import EvalConfig
     from ..data.templates import get_template
+    from ..engine.artifacts import resolve
     from ..models.loader import load_model
-    from ..train.sft import configure_threads
+    from ..utils.threads import configure_threads
     from .report import write_report
 
-    t = resolve_target(target)
-    if t.model_cfg.task != "causal_lm":
-        return _encoder_eval(t, data)
+    t = resolve(target)
+    if t.task != "causal_lm":
+        if not data:
+            raise DataError("--data FILE is required for classification / NER evaluation")
+        if t.run_dir is None:
+            raise DataError(f"{target}: classification / NER evaluation needs a seektune run folder "
+                            "(config.yaml, labels.json, final/)")
+        from .classification import evaluate_run
+
+        return evaluate_run(t.run_dir, data, out_dir)
     configure_threads(threads)
     ev_cfg = t.run_cfg.eval if t.run_cfg else EvalConfig()
     if eval_overrides:
@@ -223,8 +211,8 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
     seed = t.run_cfg.train.seed if t.run_cfg else 42
     max_len = t.run_cfg.data.max_length if t.run_cfg else 1024
     settings = GenerationSettings.from_eval_config(ev_cfg, seed=seed, max_prompt_tokens=max_len)
-    if base and t.adapter_dir is None:
-        if t.kind == "run":
+    if base and t.kind != "adapter":
+        if t.run_cfg is not None:
             base_cfg = t.run_cfg.model
         else:
             raise DataError("--base needs a run folder or an adapter folder (a plain model is its own base)")
@@ -235,7 +223,7 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
     if data:
         sets["heldout"] = load_eval_set(data, fmt, sysp, limit=samples or ev_cfg.samples)
     elif t.run_cfg is not None:
-        sets["heldout"] = _run_heldout(t, samples or ev_cfg.samples)
+        sets["heldout"] = _run_heldout(t.run_cfg, samples or ev_cfg.samples)
     if general:
         sets["general"] = load_eval_set(general, "auto", sysp, limit=samples or ev_cfg.general_samples, seed=seed)
     if not sets:
@@ -243,10 +231,11 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
     for name, s in sets.items():
         log(f"eval set {name}: {s.summary()}")
 
-    model, tok, path = load_model(t.model_cfg, tokenizer=_load_tokenizer_for(t), log=log)
-    tname = template_name or (t.run_cfg.data.template if t.run_cfg else "auto")
+    model, tok, path = load_model(_model_cfg(t), tokenizer=_tokenizer_for(t), log=log)
+    tname = template_name or t.template
     template = get_template(tname, tok)
-    log(f"target: {t.label} ({t.kind}); base model {path}; template {template.name}; {settings.describe()}")
+    label = str(t.run_dir or target)
+    log(f"target: {label} ({t.kind}); base model {path}; template {template.name}; {settings.describe()}")
     results: dict = {}
 
     def measure(m, phase):
@@ -257,12 +246,12 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
             log(f"{name} {phase}: ROUGE-L {mm['rouge_l']:.2f}  BLEU-4 {mm['bleu4']:.2f}  EM {mm['exact_match']:.1f}%"
                 + (f"  ppl {mm['perplexity']:.2f}" if "perplexity" in mm else "") + f"  ({mm['n']} records)")
 
-    if t.adapter_dir is not None:
+    if t.kind == "adapter":
         from peft import PeftModel
 
         if base:
             measure(model, "before")
-        model = PeftModel.from_pretrained(model, str(t.adapter_dir))
+        model = PeftModel.from_pretrained(model, str(t.path))
         measure(model, "after")
     elif base:  # a fully fine-tuned / merged run: load its base separately
         measure(model, "after")
@@ -276,10 +265,12 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
         if "before" in r:
             thr = ev_cfg.forgetting_threshold if name == "general" else None
             r["comparison"] = compare(r["before"]["metrics"], r["after"]["metrics"], thr)
-    payload = {"target": t.label, "kind": t.kind, "settings": settings.__dict__, "describe": settings.describe(),
+    kind = "run" if t.run_dir is not None else t.kind
+    payload = {"target": label, "kind": kind, "settings": settings.__dict__, "describe": settings.describe(),
                "forgetting_threshold": ev_cfg.forgetting_threshold, "sets": results}
     # a run's own eval.json (written during training) is never overwritten: CLI results go to RUN/eval
-    out = Path(out_dir) if out_dir else (Path(t.label) / "eval" if t.kind == "run" else Path("runs") / ("eval-" + Path(t.label).name))
+    out = Path(out_dir) if out_dir else (t.run_dir / "eval" if t.run_dir is not None
+                                         else Path("runs") / ("eval-" + Path(target).name))
     out.mkdir(parents=True, exist_ok=True)
     (out / EVAL_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default))
     for name, r in results.items():
@@ -291,7 +282,7 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
         rej = [x for s in [sets[name]] for x in s.rejects]
         if rej:
             write_jsonl(out / f"rejects_eval_{name}.jsonl", rej)
-    md, html = write_report(out, payload, run_files=t.label if t.kind == "run" else None)
+    md, html = write_report(out, payload, run_files=t.run_dir)
     log(f"eval results in {out / EVAL_FILE}; report {html}")
     for row in results.get("general", {}).get("comparison", []):
         if row["flag"]:
@@ -301,27 +292,12 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
     return payload
 
 
-def _run_heldout(t: Target, samples: int | None) -> EvalSet:
-    """Rebuild the run's held-out split (tokenised-data cache makes this cheap) and take its records."""
+def _run_heldout(cfg, samples: int | None) -> EvalSet:
+    """Rebuild the run's held-out split (the tokenised-data cache makes this cheap) and take its records."""
     from ..data.sft import build_sft_data
     from ..data.templates import get_template
     from ..models.loader import load_tokenizer
 
-    cfg = t.run_cfg
     tok = load_tokenizer(cfg.model)
     data = build_sft_data(cfg.data, tok, get_template(cfg.data.template, tok), cfg.train.seed, None, log=log)
     return heldout_eval_set(cfg.data, data.eval, limit=samples)
-
-
-def _encoder_eval(t: Target, data: str | None) -> dict:
-    """Classification / NER: delegate to the encoder-task module when it exists (issue 5)."""
-    try:
-        from . import classification  # noqa: F401  (provided by the encoder-task issue)
-    except ImportError:
-        raise DataError(f"evaluation of model.task={t.model_cfg.task} is not available yet (encoder tasks, issue 5)") from None
-    fn = getattr(classification, "run_eval", None) or getattr(classification, "evaluate_target", None)
-    if fn is None:
-        raise DataError(f"seektune.eval.classification has no run_eval(); cannot evaluate {t.model_cfg.task}")
-    if not data:
-        raise DataError("--data FILE is required for classification / NER evaluation")
-    return fn(t.label, data)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..utils.console import console, log
 from .measure import markdown_table
-from .source import ExportError
+from .errors import ExportError
 
 PRUNE_COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("fp32_mb", "fp32 weights (MB)"),
                  ("ms_per_token", "ms / token"), ("ppl", "perplexity")]

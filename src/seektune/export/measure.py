@@ -17,7 +17,7 @@ import torch
 from ..data.formats import detect_format, to_messages
 from ..data.io import DataError, read_records
 from ..data.templates import get_template
-from .source import ExportError
+from .errors import ExportError
 
 
 def texts_from_file(path: str | Path, tok, template: str = "auto", n: int = 32, skip: int = 0,

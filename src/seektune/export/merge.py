@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..data.templates import BUILTIN, TokenizerTemplate, get_template
+from ..data.templates import TokenizerTemplate, get_template
 from ..utils.console import log, warn
 from .source import ExportError, Source, load_causal_lm, load_tokenizer_for, resolve_source
+from .verify import Verification, compare_logits, folder_size, prompt_logits  # noqa: F401 (re-export)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # relative tolerance on logits (times max |logit|) for each export dtype
@@ -31,39 +32,8 @@ VERIFY_CONVERSATIONS = [
      {"role": "user", "content": "Summarise: the meeting moved to Tuesday at 10."}],
     [{"role": "user", "content": "你好，请简单介绍一下你自己。"}],
 ]
-
-# Jinja versions of the built-in templates, so the exported tokenizer renders what was trained.
-JINJA = {
-    "deepseek-v3": (
-        "{{- '<｜begin▁of▁sentence｜>' -}}"
-        "{%- for m in messages if m['role'] == 'system' -%}{%- if not loop.first -%}{{ '\n\n' }}{%- endif -%}"
-        "{{ m['content'] }}{%- endfor -%}"
-        "{%- for m in messages -%}"
-        "{%- if m['role'] in ['user', 'tool'] -%}{{ '<｜User｜>' + m['content'] }}"
-        "{%- elif m['role'] == 'assistant' -%}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}"
-        "{%- endif -%}{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ '<｜Assistant｜>' }}{%- endif -%}"),
-    "chatml": (
-        "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-        "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"),
-}
-
-
-@dataclass
-class Verification:
-    prompts: int
-    max_abs_diff: float
-    tolerance: float
-    max_abs_logit: float
-    top1_agreement: float
-    passed: bool
-
-    def line(self, dtype: str) -> str:
-        verdict = "OK" if self.passed else "FAILED"
-        return (f"verify ({dtype}, {self.prompts} prompts): max |logit diff| {self.max_abs_diff:.3g} "
-                f"<= tolerance {self.tolerance:.3g}? {verdict}; top-1 agreement {100 * self.top1_agreement:.1f}% "
-                f"(max |logit| {self.max_abs_logit:.3g})")
-
+# a past turn with reasoning: the exported Jinja must render it as training did
+REASONING_TURN = {"role": "assistant", "content": "Rest and water.", "reasoning_content": "A mild headache: no red flags."}
 
 @dataclass
 class ExportResult:
@@ -82,46 +52,25 @@ def verify_prompts(tok, template_name: str) -> list[str]:
     return [template.prompt(c) for c in VERIFY_CONVERSATIONS]
 
 
-@torch.no_grad()
-def prompt_logits(model, tok, prompts: list[str]) -> list[torch.Tensor]:
-    """Full-sequence fp32 logits per prompt, one prompt at a time (no padding effects)."""
-    out = []
-    for p in prompts:
-        ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        out.append(model(input_ids=ids).logits[0].float())
-    return out
-
-
-def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor], rel_tol: float) -> Verification:
-    diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
-    scale = max(float(a.abs().max()) for a in ref)
-    agree = torch.cat([(a.argmax(-1) == b.argmax(-1)).float() for a, b in zip(ref, got)]).mean()
-    tol = rel_tol * max(1.0, scale)
-    return Verification(len(ref), diff, tol, scale, float(agree), diff <= tol)
-
-
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def attach_chat_template(tok, template_name: str) -> tuple[str, list[str]]:
     """Make `tok.chat_template` render what training rendered; return (kind, notes)."""
     notes: list[str] = []
     template = get_template(template_name, tok)
     if isinstance(template, TokenizerTemplate):
         return "tokenizer's own", notes
-    if template.name not in JINJA:
+    if not template.jinja:
         notes.append(f"no Jinja form of the built-in '{template.name}' template; the tokenizer keeps its own")
         return "tokenizer's own (differs from training)", notes
-    tok.chat_template = JINJA[template.name]
+    tok.chat_template = template.jinja
     for conv in VERIFY_CONVERSATIONS:
         for gen in (True, False):
-            msgs = conv if gen else conv + [{"role": "assistant", "content": "ok"}]
-            want = template.render(msgs, add_generation_prompt=gen).text
-            got = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-            if got != want:
-                raise ExportError(f"internal: Jinja chat template '{template.name}' renders {got!r}, "
-                                  f"training rendered {want!r}")
+            for msgs in ((conv if gen else conv + [{"role": "assistant", "content": "ok"}]),
+                         conv + [REASONING_TURN] + ([{"role": "user", "content": "And then?"}] if gen else [])):
+                want = template.render(msgs, add_generation_prompt=gen).text
+                got = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+                if got != want:
+                    raise ExportError(f"internal: Jinja chat template '{template.name}' renders {got!r}, "
+                                      f"training rendered {want!r}")
     return f"built-in {template.name} (as Jinja)", notes
 
 

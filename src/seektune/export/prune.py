@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..utils.console import log
-from .source import ExportError
+from .errors import ExportError
 
 SUPPORTED = ("llama", "qwen2", "mistral", "qwen3", "smollm3")
 
@@ -190,7 +190,6 @@ def prune_run(target: str, out: str | Path, share: float, data: str | None = Non
               eval_samples: int = 32, max_length: int = 256, overwrite: bool = False,
               recover_steps: int = 0, measure: bool = True) -> PruneReport:
     """Score heads on calibration texts, prune, save to `out`, and measure before/after."""
-    import shutil
 
     from .measure import latency_per_token, param_count, perplexity, texts_from_file
     from .merge import attach_chat_template, folder_size, prepare_out_dir
@@ -250,18 +249,13 @@ def _measure(label, model, tok, evals, prompt, max_length, param_count, perplexi
 
 
 def _run_data(src) -> str | None:
-    if src.run_dir is None or not (src.run_dir / "config.yaml").exists():
-        return None
-    import yaml
-
-    cfg = yaml.safe_load((src.run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    return (cfg.get("data") or {}).get("train")
+    return src.run_cfg.data.train if src.run_cfg is not None else None
 
 
 def _recover(model, tok, src, data: str, steps: int, out: Path, max_length: int, n_records: int):
     """A short full-parameter SFT of the pruned model with the standard recipe."""
     from ..config import Config
-    from ..train.sft import run_sft
+    from ..stages import run_stage
 
     tmp_base = out.with_name(out.name + ".pruned-base")
     model.save_pretrained(str(tmp_base))
@@ -271,9 +265,9 @@ def _recover(model, tok, src, data: str, steps: int, out: Path, max_length: int,
         "data": {"train": data, "template": src.template, "max_length": max_length, "eval_ratio": 0.0,
                  "max_samples": n_records},
         "train": {"output_dir": str(out.with_name(out.name + ".recover")), "max_steps": steps, "lr": 2e-5,
-                  "batch_size": 2, "logging_steps": max(1, steps // 5), "num_threads": torch.get_num_threads()}})
-    summary = run_sft(cfg, show_progress=False)
-    trainer = summary.pop("_trainer")
+                  "batch_size": 2, "logging_steps": max(1, steps // 5), "num_threads": torch.get_num_threads()},
+        "eval": {"report": False, "before_after": False}})
+    trainer = run_stage(cfg, overwrite=True, progress=False).trainer
     import shutil
 
     shutil.rmtree(tmp_base, ignore_errors=True)

@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils.console import log
-from .source import QUANT_MANIFEST, ExportError
+from ..engine.artifacts import QUANT_MANIFEST
+from .errors import ExportError
 
 WEIGHTS = "model.int8.safetensors"
 FORMAT = "seektune-int8-rowwise-v1"
@@ -161,7 +162,7 @@ def quantize_export(model: nn.Module, tok, out: Path, method: str, ref_logits=No
     """Quantise an fp32 (merged) model into `out`; compare its logits with `ref_logits` when given."""
     if method != "int8":
         raise ExportError(f"--quantize must be int8 (got {method!r})")
-    from .merge import compare_logits, folder_size, prompt_logits
+    from .verify import compare_logits, folder_size, prompt_logits
 
     save_int8(model, tok, out)
     res: dict = {"size_bytes": folder_size(out)}

@@ -1,87 +1,31 @@
-"""Work out what a `RUN` argument names and load it as one causal LM.
+"""Load what a `RUN` argument names as one causal LM, for export, prune and serve.
 
-Deployment commands accept a run folder (config.yaml + final/), a `final/` folder holding a peft
-adapter, a plain HF model folder, a seektune INT8 export, or a preset name. Resolving that once,
-here, keeps export, prune and serve agreeing on what "the model of this run" is.
+What the argument is (a run folder, a `final/` adapter, a model folder, an INT8 export, a preset)
+is decided once, by engine/artifacts.py, for every command.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..models.presets import ModelError, fix_pad_token, resolve_model_path
+from ..engine.artifacts import QUANT_MANIFEST, Artifact, ArtifactError, resolve
+from ..models.presets import fix_pad_token
+from .errors import ExportError
 
-QUANT_MANIFEST = "seektune_quant.json"
-
-
-class ExportError(ValueError):
-    """A deployment problem phrased for the user (names the folder or option)."""
+__all__ = ["QUANT_MANIFEST", "ExportError", "Source", "resolve_source", "load_tokenizer_for", "load_causal_lm"]
 
 
-@dataclass
-class Source:
-    kind: str                 # "adapter" | "model" | "int8"
-    path: Path                # adapter folder, model folder or int8 export folder
-    base_path: str | None     # base model folder for adapters
-    template: str             # data.template of the run ("auto" when unknown)
-    run_dir: Path | None      # the run folder when there is one
-    name: str                 # a short id (used as the served model name)
-
-    def describe(self) -> str:
-        if self.kind == "adapter":
-            return f"adapter {self.path} on base {self.base_path}"
-        return f"{self.kind} model {self.path}"
+Source = Artifact  # what a deployment command was pointed at (engine/artifacts.py)
 
 
-def _run_template(run_dir: Path | None) -> str:
-    if run_dir is None or not (run_dir / "config.yaml").exists():
-        return "auto"
-    import yaml
-
+def resolve_source(target: str | Path) -> Artifact:
+    """Classify `target`; ExportError naming the folder when it holds no model."""
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        return str((cfg.get("data") or {}).get("template") or "auto")
-    except yaml.YAMLError:
-        return "auto"
-
-
-def resolve_source(target: str | Path) -> Source:
-    """Classify `target`; raise ExportError naming the folder when it holds no model."""
-    t = str(target)
-    p = Path(t).expanduser()
-    if not p.exists():
-        try:
-            path = Path(resolve_model_path(t, log=lambda *_: None))
-        except ModelError as e:
-            raise ExportError(f"{t}: not a run folder, model folder or preset ({e})") from None
-        return Source("model", path, None, "auto", None, t)
-    run_dir = None
-    if (p / "final").is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
-        run_dir, p = p, p / "final"
-    elif (p.parent / "config.yaml").exists():
-        run_dir = p.parent
-    name = (run_dir or p).name
-    if (p / QUANT_MANIFEST).exists():
-        if p.name == "int8" and run_dir is None:
-            name = f"{p.parent.name}-int8"  # exports/medqa/int8 serves as 'medqa-int8'
-        return Source("int8", p, None, _run_template(run_dir), run_dir, name)
-    if (p / "adapter_config.json").exists():
-        meta = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
-        base = meta.get("base_model_name_or_path")
-        if not base:
-            raise ExportError(f"{p / 'adapter_config.json'}: no base_model_name_or_path")
-        try:
-            base = resolve_model_path(base, log=lambda *_: None)
-        except ModelError as e:
-            raise ExportError(f"{p / 'adapter_config.json'}: base model not found ({e})") from None
-        return Source("adapter", p, base, _run_template(run_dir), run_dir, name)
-    if (p / "config.json").exists():
-        return Source("model", p, None, _run_template(run_dir), run_dir, name)
-    raise ExportError(f"{p}: holds no model (expected config.json, adapter_config.json or {QUANT_MANIFEST})")
+        return resolve(target)
+    except ArtifactError as e:
+        raise ExportError(str(e)) from None
 
 
 def load_tokenizer_for(src: Source):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from .presets import ModelError
 
 MLA_ATTN = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
 DENSE_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -185,3 +184,13 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
         raise AdapterError("no trainable parameters after applying the adapter; check adapter.* settings")
     rep = AdapterReport(method, trainable, total, _kinds(model), notes)
     return model, rep
+
+
+def load_adapter(model: nn.Module, path: str, method: str = "lora"):
+    """Wrap `model` with a saved peft adapter, trainable (continual fine-tuning); return (model, AdapterReport)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, path, is_trainable=True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model, AdapterReport(method, trainable, sum(p.numel() for p in model.parameters()), _kinds(model),
+                                [f"adapter initialised from {path}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,6 +12,20 @@ from .presets import ModelError, fix_pad_token, resolve_model_path
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 MOE_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "qwen2_moe", "qwen3_moe", "mixtral")
+
+
+@dataclass
+class ModelSpec:
+    """What the loader reads from a model config (config.ModelConfig has the same fields, with
+    validation); the data tools use this plain form, since data sits below config."""
+
+    name_or_path: str
+    task: str = "causal_lm"
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    num_labels: int | None = None
+    tokenizer: str | None = None
 
 
 def _auto_class(task: str):

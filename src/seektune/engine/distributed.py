@@ -12,7 +12,8 @@ from ..config import ConfigError
 
 
 def torchrun_command(config: str, overrides: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     master_addr: str | None = None, master_port: int = 29500, resume: bool = False) -> list[str]:
+                     master_addr: str | None = None, master_port: int = 29500, resume: bool = False,
+                     overwrite: bool = False) -> list[str]:
     """The torchrun command that runs `seektune train` on every process of this node."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     if nnodes > 1:
@@ -27,6 +28,8 @@ def torchrun_command(config: str, overrides: list[str], nproc: int, nnodes: int 
         cmd += ["--set", o]
     if resume:
         cmd.append("--resume")
+    if overwrite:
+        cmd.append("--overwrite")
     return cmd
 
 

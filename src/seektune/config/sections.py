@@ -1,29 +1,28 @@
-"""Typed run configuration: one pydantic model that a YAML file maps onto one to one.
+"""The shared sections of a run configuration: model, adapter, data, train, monitor, eval, deploy.
 
-Every key a user can write lives here, with its default and a one-line meaning. Unknown or
-misspelt keys are errors that name the dotted path and suggest the closest real key, because a
-silently ignored `lerning_rate` costs a whole training run.
+Every key a user can write lives in a section here or in a stage's own options
+(`config/options/`), with its default and a one-line meaning. Which stage honours which of these
+keys is declared in `config/stages.py`; a key set for a stage that does not use it is an error.
 """
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A configuration problem, already phrased for the user (names the key and the file)."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name_or_path: str = Field("smollm2-135m-instruct", description="preset name, local HF folder or .gguf file")
     task: Literal["causal_lm", "sequence_classification", "token_classification"] = "causal_lm"
     trust_remote_code: bool = Field(False, description="run code shipped with the model folder (off unless you trust it)")
@@ -34,7 +33,7 @@ class ModelConfig(_Section):
     tokenizer: str | None = Field(None, description="tokenizer folder when it differs from the model's")
 
 
-class AdapterConfig(_Section):
+class AdapterConfig(Section):
     method: Literal["full", "freeze", "lora", "prefix"] = "lora"
     r: int = Field(8, ge=1)
     alpha: float = Field(16, gt=0)
@@ -56,22 +55,26 @@ class DataPipelineStep(BaseModel):
 
     @model_validator(mode="after")
     def _check_options(self):
-        from .data.pipeline import step_options
+        from ..data.pipeline import step_options
 
         step_options(self.step, self.model_extra or {})  # raises ValueError naming the bad key
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train: str | None = Field(None, description="training file (json, jsonl, csv, tsv, optionally .gz)")
     eval: str | None = Field(None, description="evaluation file; when unset, `eval_ratio` of train is held out")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "qa"] = "auto"
+    format: str = Field("auto", description="record format: auto (detected per record) or a name from "
+                        "`seektune data formats`: alpaca, dolly, sharegpt, messages, qa; preference stages: "
+                        "pairs, sharegpt, hh")
     template: str = Field("auto", description="auto | tokenizer | deepseek-v3 | deepseek-r1 | chatml")
     system_prompt: str | None = Field(None, description="system message added to samples that have none")
     max_length: int = Field(1024, ge=8)
     packing: bool = Field(True, description="pack samples per row; attention never crosses samples")
     eval_ratio: float = Field(0.05, ge=0, lt=1)
-    max_eval_samples: int | None = Field(200, ge=1)
+    max_eval_samples: int | None = Field(
+        200, ge=1, description="evaluate at most N held-out records; with eval_ratio the rest stay in training, "
+        "with an eval file the rest are counted (and listed in unused_eval.jsonl)")
     max_samples: int | None = Field(None, ge=1, description="use only the first N training records")
     cache: bool = Field(True, description="cache tokenised data on disk (keyed by data, tokenizer, template, length)")
     pipeline: list[DataPipelineStep] = Field(
@@ -88,7 +91,7 @@ class DataConfig(_Section):
     strip_digits: bool = Field(False, description="CoNLL: strip trailing word-segmentation digits (Weibo NER '科0')")
 
 
-class LayerwiseLR(_Section):
+class LayerwiseLR(Section):
     """Separate learning rates per part of the model (unset parts use train.lr)."""
 
     embeddings: float | None = Field(None, gt=0, description="input embeddings (seeds: 1e-5)")
@@ -98,7 +101,7 @@ class LayerwiseLR(_Section):
     depth_decay: float = Field(1.0, gt=0, le=1, description="body rate x decay^(layers above): <1 = lower layers learn slower")
 
 
-class DropoutConfig(_Section):
+class DropoutConfig(Section):
     """Dropout overrides written into the model config before loading (unset = the model's own)."""
 
     attention: float | None = Field(None, ge=0, lt=1)
@@ -106,7 +109,7 @@ class DropoutConfig(_Section):
     classifier: float | None = Field(None, ge=0, lt=1)
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(Section):
     metric: str = Field("eval_loss", description="any eval metric: eval_loss, eval_accuracy, eval_f1, eval_rouge_l ...")
     mode: Literal["auto", "min", "max"] = Field("auto", description="auto: min for *loss*/perplexity, max otherwise")
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
@@ -114,7 +117,7 @@ class EarlyStoppingConfig(_Section):
     restore_best: bool = Field(True, description="load the best checkpoint at the end (final/ is the best)")
 
 
-class MonitorConfig(_Section):
+class MonitorConfig(Section):
     grad_norm_band: tuple[float, float] | None = Field((0.1, 1.0), description="warn when grad norm leaves [low, high]")
     max_nonfinite_in_a_row: int = Field(5, ge=1, description="stop after N NaN/inf losses in a row (each one is skipped)")
     memory_share: float = Field(0.9, gt=0, le=1, description="warn when memory use passes this share of the machine")
@@ -123,13 +126,13 @@ class MonitorConfig(_Section):
     overfit_patience: int = Field(2, ge=1, description="evals with rising eval loss and falling train loss before warning")
 
 
-class ReplayConfig(_Section):
+class ReplayConfig(Section):
     file: str = Field(..., description="general-domain data mixed into every epoch")
     ratio: float = Field(0.1, gt=0, lt=1, description="share of each epoch drawn from the general data (seeds: 10%)")
     pool: int = Field(5000, ge=1, description="at most this many general records are tokenised to sample from")
 
 
-class EWCConfig(_Section):
+class EWCConfig(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     data: str | None = Field(None, description="reference data for the Fisher information (default: replay file or data.train)")
@@ -138,27 +141,27 @@ class EWCConfig(_Section):
     fisher_file: str | None = Field(None, description="reuse a saved fisher.safetensors (fisher + anchor)")
 
 
-class AdversarialConfig(_Section):
+class AdversarialConfig(Section):
     method: Literal["fgm", "pgd"] = "fgm"
     epsilon: float = Field(1.0, gt=0, description="L2 radius of the embedding perturbation")
     steps: int = Field(3, ge=1, description="PGD ascent steps")
     alpha: float = Field(0.3, gt=0, description="PGD step size")
 
 
-class FSDPConfig(_Section):
+class FSDPConfig(Section):
     cpu_offload: bool = Field(False, description="offload sharded parameters to CPU (FSDP2)")
 
 
-class DeepSpeedConfig(_Section):
+class DeepSpeedConfig(Section):
     stage: Literal[2, 3] = 3
     offload_optimizer: bool = False
     offload_params: bool = Field(False, description="ZeRO-3 only")
     config_file: str | None = Field(None, description="use this DeepSpeed JSON instead of a generated one")
 
 
-class TrainConfig(_Section):
-    stage: Literal["sft", "rm", "dpo", "ppo"] = Field(
-        "sft", description="sft | rm (reward model) | dpo | ppo (see docs/alignment.md)")
+class TrainConfig(Section):
+    stage: str = Field("sft", description="what to train: sft, classify, rm, dpo, ppo (config/stages.py lists "
+                       "them; a classification model.task defaults to classify)")
     output_dir: str = "runs/default"
     max_steps: int = Field(-1, description="stop after N optimizer steps; -1 means use epochs")
     epochs: float = Field(1.0, gt=0)
@@ -174,7 +177,9 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: at the end only)")
-    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: at the end only)")
+    save_steps: int | Literal["auto"] | None = Field(
+        "auto", description="checkpoint every N steps; auto: every tenth of the run (at least every step); "
+        "null: no periodic checkpoints (a crash then loses the run)")
     seed: int = 42
     resume: bool | Literal["auto"] = Field(False, description="true/auto: continue from the newest complete checkpoint")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: free cores)")
@@ -212,7 +217,7 @@ class TrainConfig(_Section):
         return v
 
 
-class DeployConfig(_Section):
+class DeployConfig(Section):
     """`seektune export / prune / serve` settings (CLI flags override these)."""
     export_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights dtype of `seektune export`")
     adapter_only: bool = Field(False, description="export the LoRA adapter without merging")
@@ -231,7 +236,7 @@ class DeployConfig(_Section):
     model_name: str | None = Field(None, description="model id served in /v1/models (default: run folder name)")
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Generation metrics (ROUGE-L, BLEU-4, exact match, perplexity), the before/after comparison,
     the forgetting check and the run report (issue 6)."""
 
@@ -252,159 +257,3 @@ class EvalConfig(_Section):
     max_time_share: float = Field(
         0.2, gt=0, le=1, description="skip a generation eval during training when it would exceed this share of run time")
     report: bool = Field(True, description="write report.md and report.html into the run folder at the end")
-
-
-class AlignConfig(_Section):
-    """Preference alignment (train.stage rm, dpo, ppo); see docs/alignment.md."""
-
-    format: Literal["auto", "pairs", "sharegpt", "hh"] = Field(
-        "auto", description="preference data: pairs (prompt/chosen/rejected), sharegpt (conversations + chosen/rejected), hh (transcripts)")
-    beta: float = Field(0.1, gt=0, description="DPO: strength of the pull towards the reference")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm"] = Field("sigmoid", description="DPO loss")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO: assumed share of flipped labels (robust/sigmoid)")
-    max_prompt_length: int = Field(256, ge=4, description="PPO: prompt tokens kept (left-truncated)")
-    reward_model: str | None = Field(None, description="PPO: an rm run folder (its final/), a model folder or a preset")
-    kl_coef: float = Field(0.05, ge=0, description="PPO: initial KL penalty coefficient")
-    target_kl: float | None = Field(6.0, gt=0, description="PPO: adaptive KL control target (null = fixed kl_coef)")
-    kl_horizon: int = Field(10000, ge=1, description="PPO: adaptive KL controller horizon (samples)")
-    clip_range: float = Field(0.2, gt=0, description="PPO: policy ratio clip")
-    clip_range_value: float = Field(0.2, gt=0, description="PPO: value clip")
-    vf_coef: float = Field(0.1, ge=0, description="PPO: value loss weight")
-    gamma: float = Field(1.0, gt=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1, description="PPO: GAE lambda")
-    ppo_epochs: int = Field(2, ge=1, description="PPO: optimisation passes over each rollout batch")
-    rollout_batch_size: int = Field(8, ge=1, description="PPO: prompts per rollout (train.batch_size = minibatch)")
-    max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0, description="0 = no top-k cut (sample the full distribution)")
-    top_p: float = Field(1.0, gt=0, le=1)
-    reward_norm: bool = Field(True, description="PPO: whiten scores with running mean/std")
-    reward_clip: float | None = Field(5.0, gt=0, description="PPO: clip normalised scores to +-this")
-    missing_eos_penalty: float | None = Field(None, description="PPO: subtract from the score of responses that never end")
-    eval_pairs: int = Field(100, ge=1, description="held-out pairs for accuracy / margins (from data.eval or eval_ratio)")
-
-
-class Config(_Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    deploy: DeployConfig = Field(default_factory=DeployConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    align: AlignConfig = Field(default_factory=AlignConfig)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading, overrides and error messages
-# --------------------------------------------------------------------------------------------
-
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        path = f"{prefix}{name}"
-        keys.append(path)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_known_keys(ann, path + "."))
-    return keys
-
-
-# names users bring from HF TrainingArguments / peft / other toolkits -> ours
-_ALIASES = {
-    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "lr_scheduler_type": "lr_scheduler", "lora_r": "r", "rank": "r", "lora_alpha": "alpha",
-    "lora_dropout": "dropout", "model_name_or_path": "name_or_path", "cutoff_len": "max_length",
-    "max_seq_length": "max_length", "output": "output_dir",
-}
-
-
-def _suggest(path: str) -> str:
-    known = _known_keys(Config)
-    parent = path.rsplit(".", 1)[0] if "." in path else ""
-    leaf0 = path.rsplit(".", 1)[-1]
-    alias = difflib.get_close_matches(leaf0, list(_ALIASES), n=1, cutoff=0.8)
-    if alias:
-        target = _ALIASES[alias[0]]
-        owners = [k for k in known if k.rsplit(".", 1)[-1] == target]
-        same = [k for k in owners if k.startswith(parent + ".")] if parent else []
-        if same or owners:
-            return (same or owners)[0]
-    siblings = [k for k in known if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
-    leaf = path.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, [s.rsplit(".", 1)[-1] for s in siblings], n=1, cutoff=0.5)
-    if close:
-        return f"{parent + '.' if parent else ''}{close[0]}"
-    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
-    return close[0] if close else ""
-
-
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            hint = _suggest(path)
-            msg = f"  {path}: unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
-        else:
-            msg = f"  {path}: {e['msg']} (got {e.get('input')!r})"
-        lines.append(msg)
-    return "\n".join(lines)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`train.max_steps=20` -> (['train', 'max_steps'], 20). Values are parsed as YAML scalars."""
-    if "=" not in item:
-        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        parts, value = parse_override(item)
-        node = data
-        for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
-                raise ConfigError(f"--set {item}: '{p}' is not a section")
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML file (or start from defaults), apply `--set` overrides, validate."""
-    data: dict = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.exists():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, train, ...)")
-        data = loaded
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source += " (with --set overrides)"
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,78 +28,78 @@ def _quiet_libraries() -> None:
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    from .utils.console import console
+    from ..utils.console import console
 
     console.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
 def _user_errors():
-    from .config import ConfigError
-    from .data.io import DataError
-    from .data.templates import TemplateError
-    from .export.source import ExportError
-    from .models.adapters import AdapterError
-    from .models.presets import ModelError
+    from ..config import ConfigError
+    from ..data.io import DataError
+    from ..data.templates import TemplateError
+    from ..engine.artifacts import ArtifactError
+    from ..export.errors import ExportError
+    from ..models.adapters import AdapterError
+    from ..models.presets import ModelError
 
-    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError)
-
-
-def _not_yet(what: str, issue: int) -> None:
-    _fail(f"`seektune {what}` is not yet available (tracked in issue {issue})", code=3)
+    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError, ArtifactError)
 
 
 @app.command()
 def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the newest complete checkpoint"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="start over in a folder that holds another run"),
           no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
           nproc: int = typer.Option(1, "--nproc", help="processes on this node (launches through torchrun)"),
           nnodes: int = typer.Option(1, "--nnodes", help="number of nodes"),
           node_rank: int = typer.Option(0, "--node-rank", help="rank of this node"),
           master_addr: Optional[str] = typer.Option(None, "--master-addr", help="address of node 0"),
           master_port: int = typer.Option(29500, "--master-port", help="rendezvous port on node 0")):
-    """Fine-tune a model as the YAML config says: train.stage sft (causal LM, or sequence/token
-    classification by model.task), rm, dpo or ppo.
-    --nproc N runs N processes through torchrun."""
+    """Train as the YAML config says, with the stage train.stage names (seektune stages lists them):
+    sft, classify, rm, dpo, ppo. --nproc N runs N processes through torchrun."""
     _quiet_libraries()
-    from .config import load_config
-    from .utils.console import log
+    from ..config import STAGES, ConfigError, load_config
+    from ..utils.console import log
 
     try:
         cfg = load_config(config, set_ or [])
         if cfg.data.pipeline:  # data steps first (once, before any worker starts); then train on their output
-            from .data.pipeline import run_pipeline
+            from ..data.pipeline import run_pipeline
 
             cfg = run_pipeline(cfg, Path(cfg.train.output_dir) / "data", show_progress=not no_progress, log=log)
         if nproc > 1 or nnodes > 1:
             import subprocess
 
-            from .train.distributed import torchrun_command
+            from ..engine.distributed import torchrun_command
 
+            if not STAGES[cfg.train.stage].multi_process:
+                raise ConfigError(f"--nproc: stage {cfg.train.stage} runs in one process")
             run_dir = Path(cfg.train.output_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             launch = run_dir / "launch_config.yaml"  # resolved once, so every rank trains the same config
             cfg.data.pipeline = []
             launch.write_text(cfg.to_yaml(), encoding="utf-8")
-            cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume)
+            cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume,
+                                   overwrite)
             log("launching: " + " ".join(cmd))
             raise typer.Exit(subprocess.call(cmd))
-        if cfg.train.stage != "sft":  # preference alignment: rm, dpo, ppo (docs/alignment.md)
-            from .train.align import run_stage
+        from ..stages import run_stage
 
-            run_stage(cfg, show_progress=not no_progress)
-            return
-        if cfg.model.task in ("sequence_classification", "token_classification"):
-            from .train.classify import run_classify
-
-            run_classify(cfg, resume=resume, show_progress=not no_progress)
-            return
-        from .train.sft import run_sft
-
-        run_sft(cfg, resume=resume, show_progress=not no_progress)
+        run_stage(cfg, resume=resume, overwrite=overwrite, progress=not no_progress)
     except _user_errors() as e:
         _fail(str(e))
+
+
+@app.command("stages")
+def list_stages():
+    """List the training stages (train.stage) with their own config section."""
+    from ..config import STAGES
+
+    for s in STAGES.values():
+        section = f"  [{s.name}: section]" if s.options is not None else ""
+        typer.echo(f"{s.name:10s} {s.help}{section}")
 
 
 @app.command("continue")
@@ -112,14 +111,15 @@ def continue_cmd(previous: Path = typer.Argument(..., help="a finished run folde
                  ewc_lambda: Optional[float] = typer.Option(None, "--ewc-lambda", help="add EWC anchored at the previous run"),
                  threshold: float = typer.Option(0.05, "--threshold", help="alarm when an old metric worsens by more"),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value"),
+                 overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier continued run in --out"),
                  no_progress: bool = typer.Option(False, "--no-progress")):
     """Continual fine-tuning: new data into an existing run, with replay, optional EWC and a drift check."""
     _quiet_libraries()
-    from .train.continual import continue_run
+    from ..stages.continual import continue_run
 
     try:
         continue_run(previous, data, out, eval_data, replay, ewc_lambda, threshold, set_ or [],
-                     show_progress=not no_progress)
+                     show_progress=not no_progress, overwrite=overwrite)
     except _user_errors() as e:
         _fail(str(e))
 
@@ -127,13 +127,17 @@ def continue_cmd(previous: Path = typer.Argument(..., help="a finished run folde
 @app.command("config")
 def show_config(config: Optional[Path] = typer.Argument(None, help="YAML file (defaults when omitted)"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value")):
-    """Print the resolved configuration (every key with its value)."""
-    from .config import ConfigError, load_config
+    """Print the resolved configuration (every key with its value), after the same checks as train."""
+    from ..config import ConfigError, load_config
+    from ..utils.console import warn
 
     try:
-        typer.echo(load_config(config, set_ or []).to_yaml())
+        cfg = load_config(config, set_ or [])
     except ConfigError as e:
         _fail(str(e))
+    for note in cfg.notes:
+        warn(note)
+    typer.echo(cfg.to_yaml())
 
 
 @app.command()
@@ -141,7 +145,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder"),
          steps: int = typer.Option(40, help="optimizer steps")):
     """LoRA SFT of SmolLM2-135M-Instruct on medical QA: eval loss and answers before/after (< 5 min on 2 cores)."""
     _quiet_libraries()
-    from .demo import run_demo
+    from ..demo import run_demo
 
     try:
         run_demo(out, steps)
@@ -167,7 +171,7 @@ def eval_cmd(target: str = typer.Argument(..., help="run folder, adapter folder,
              threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads")):
     """Evaluate a base model, an adapter run or a merged model: ROUGE-L, BLEU-4, exact match, perplexity."""
     _quiet_libraries()
-    from .eval.run_eval import run_eval
+    from ..eval.run_eval import run_eval
 
     try:
         run_eval(target, str(data) if data else None, str(out) if out else None, base=base,
@@ -183,7 +187,7 @@ def eval_cmd(target: str = typer.Argument(..., help="run folder, adapter folder,
 @app.command("report")
 def report_cmd(run: Path = typer.Argument(..., help="run (or eval) folder")):
     """(Re)build report.md and report.html from a run folder's saved metrics and eval results."""
-    from .eval.report import write_report
+    from ..eval.report import write_report
 
     if not run.is_dir():
         _fail(f"{run}: not a folder")
@@ -210,7 +214,7 @@ def export(run: str = typer.Argument(..., help="run folder, adapter folder, mode
            config: Optional[Path] = _DEPLOY_CONFIG):
     """Merge LoRA into the base and save safetensors + tokenizer + chat template (plain transformers loads it)."""
     _quiet_libraries()
-    from .export.deploy_cli import deploy_settings, export_command
+    from ..export.deploy_cli import deploy_settings, export_command
 
     try:
         d = deploy_settings(run, config, export_dtype=dtype, adapter_only=adapter_only, quantize=quantize,
@@ -232,7 +236,7 @@ def prune(run: str = typer.Argument(..., help="run folder, adapter folder, model
           config: Optional[Path] = _DEPLOY_CONFIG):
     """Remove the least important attention heads (gradient x activation) and save a smaller model."""
     _quiet_libraries()
-    from .export.deploy_cli import deploy_settings, prune_command
+    from ..export.deploy_cli import deploy_settings, prune_command
 
     try:
         d = deploy_settings(run, config, prune_heads=heads, calib_samples=calib_samples, eval_samples=eval_samples,
@@ -256,8 +260,8 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
           config: Optional[Path] = _DEPLOY_CONFIG):
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) with dynamic batching."""
     _quiet_libraries()
-    from .export.deploy_cli import deploy_settings
-    from .serve.server import ServeOptions, run_server
+    from ..export.deploy_cli import deploy_settings
+    from ..serve.server import ServeOptions, run_server
 
     try:
         d = deploy_settings(model, config, host=host, port=port, max_batch=max_batch, batch_window_ms=batch_window_ms,
@@ -272,13 +276,13 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
 @app.command("models")
 def list_models():
     """List the built-in model presets (no hub needed)."""
-    from .models.presets import PRESETS
+    from ..models.presets import PRESETS
 
     for k, v in PRESETS.items():
         typer.echo(f"{k:24s} {v}")
 
 
-from .data.cli import register as _register_data_commands  # noqa: E402
+from .data import register as _register_data_commands  # noqa: E402
 
 _register_data_commands(data_app)  # inspect, clean, split, balance, augment, curriculum, mix, run
 
@@ -294,8 +298,8 @@ def data_check_iob(file: Path = typer.Argument(..., help="tagged file: CoNLL tok
                    report: Optional[Path] = typer.Option(None, help="write the full report (JSON) here"),
                    show: int = typer.Option(20, help="issues and disagreements to print")):
     """Annotation QC: invalid tags/transitions with file:line; with --against, kappa and entity F1."""
-    from .data.iob_check import check_iob
-    from .data.iob_report import print_report
+    from ..data.iob_check import check_iob
+    from ..data.iob_report import print_report
 
     try:
         rep = check_iob(file, against, scheme, threshold, gate,
@@ -310,7 +314,7 @@ def data_check_iob(file: Path = typer.Argument(..., help="tagged file: CoNLL tok
 def data_convert_german_credit(src: Path = typer.Argument(..., help="UCI german.data"),
                                out: Path = typer.Argument(..., help="CSV to write (text,label)")):
     """UCI German credit codes -> text phrases from the codebook, label good/bad."""
-    from .data.german_credit import convert_german_credit
+    from ..data.german_credit import convert_german_credit
 
     try:
         res = convert_german_credit(src, out)

@@ -33,12 +33,13 @@ def _options(cls, **kw):
 
 def _guard(fn, *a, **kw):
     from ..config import ConfigError
+    from ..data.io import DataError
+    from ..data.templates import TemplateError
     from ..models.presets import ModelError
-    from .io import DataError
 
     try:
         return fn(*a, **kw)
-    except (DataError, ConfigError, ModelError) as e:
+    except (DataError, ConfigError, ModelError, TemplateError) as e:
         _fail(str(e))
 
 
@@ -71,7 +72,7 @@ def register(data_app: typer.Typer) -> None:
                     png: Optional[Path] = typer.Option(None, help="write the length histogram to this PNG"),
                     as_json: bool = typer.Option(False, "--json", help="print the full report as JSON")):
         """Counts, format, encoding, field coverage, lengths, labels, duplicates."""
-        from .inspect import inspect_file
+        from ..data.inspect import inspect_file
 
         tok = None
         if tokenizer:
@@ -119,7 +120,7 @@ def register(data_app: typer.Typer) -> None:
                   no_progress: bool = typer.Option(False, "--no-progress"),
                   as_json: bool = typer.Option(False, "--json")):
         """Normalise, mask PII, filter low quality, drop exact and near duplicates; rejects keep their reason."""
-        from .clean import CleanOptions, clean_file
+        from ..data.clean import CleanOptions, clean_file
 
         opts = _options(CleanOptions, near_threshold=near_threshold, ngram=ngram, terms=terms, pii=pii or None,
                         unicode_form=unicode_form, min_answer_chars=min_answer_chars, max_chars=max_chars,
@@ -147,7 +148,7 @@ def register(data_app: typer.Typer) -> None:
                   no_grouping: bool = typer.Option(False, "--no-grouping", help="do not group near duplicates"),
                   as_json: bool = typer.Option(False, "--json")):
         """Deterministic stratified split; near duplicates never straddle two splits."""
-        from .split import split_file, SplitOptions
+        from ..data.split import split_file, SplitOptions
 
         opts = _options(SplitOptions, ratios=ratios, label=label, seed=seed, near_threshold=near_threshold,
                         group_near_duplicates=False if no_grouping else None)
@@ -169,7 +170,7 @@ def register(data_app: typer.Typer) -> None:
                     seed: int = typer.Option(42),
                     as_json: bool = typer.Option(False, "--json")):
         """Cap every class at a share by seeded down- or upsampling; prints before/after."""
-        from .balance import BalanceOptions, balance_file
+        from ..data.balance import BalanceOptions, balance_file
 
         opts = _options(BalanceOptions, label=label, max_share=max_share, method=method, seed=seed)
         s = _guard(balance_file, inp, out, opts)
@@ -186,7 +187,7 @@ def register(data_app: typer.Typer) -> None:
                 seed: int = typer.Option(42),
                 as_json: bool = typer.Option(False, "--json")):
         """Mix general data into domain data at a ratio (replay against forgetting)."""
-        from .mix import MixOptions, mix_files
+        from ..data.mix import MixOptions, mix_files
 
         opts = _options(MixOptions, general=general, ratio=ratio, seed=seed)
         s = _guard(mix_files, inp, out, opts, log=lambda m: console.print(m, markup=False))
@@ -212,7 +213,7 @@ def register(data_app: typer.Typer) -> None:
                     no_progress: bool = typer.Option(False, "--no-progress"),
                     as_json: bool = typer.Option(False, "--json")):
         """Synonym replacement, random insert/swap/delete, back-translation; copies are marked `_augmented`."""
-        from .augment import AugmentOptions, augment_file
+        from ..data.augment import AugmentOptions, augment_file
 
         opts = _options(AugmentOptions, synonyms=synonyms, synonym_rate=synonym_rate, insert_rate=insert_rate,
                         swap_rate=swap_rate, delete_rate=delete_rate, copies=copies, back_translate=back_translate,
@@ -235,7 +236,7 @@ def register(data_app: typer.Typer) -> None:
                        no_progress: bool = typer.Option(False, "--no-progress"),
                        as_json: bool = typer.Option(False, "--json")):
         """Order records easy -> hard (by length or reference-model loss); train with data.curriculum=true."""
-        from .curriculum import CurriculumOptions, curriculum_file
+        from ..data.curriculum import CurriculumOptions, curriculum_file
 
         opts = _options(CurriculumOptions, by=by, model=model, pacing=pacing, stages=stages, seed=seed)
         s = _guard(curriculum_file, inp, out, opts, not no_progress)
@@ -252,8 +253,36 @@ def register(data_app: typer.Typer) -> None:
                 out: Path = typer.Option(Path("runs/data"), "--out", help="folder for the step outputs")):
         """Run the `data.pipeline` steps of a training config without training."""
         from ..config import load_config
-        from .pipeline import run_pipeline
+        from ..data.pipeline import run_pipeline
 
         cfg = _guard(load_config, config, set_ or [])
         new = _guard(run_pipeline, cfg, out, log=lambda m: console.print(m, markup=False))
         console.print(f"train: {new.data.train}" + (f"\neval: {new.data.eval}" if new.data.eval else ""), markup=False)
+
+    @data_app.command("preview")
+    def preview_cmd(config: Path = typer.Argument(..., help="training config (YAML)"),
+                    set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value"),
+                    n: int = typer.Option(3, "--n", min=1, help="samples to show"),
+                    as_json: bool = typer.Option(False, "--json", help="one JSON object per sample: text, trained")):
+        """The first N training samples as the stage renders them, with the loss-bearing spans marked."""
+        from rich.text import Text
+
+        from ..config import load_config
+        from ..stages import preview
+
+        cfg = _guard(load_config, config, set_ or [])
+        samples = _guard(preview, cfg, n)
+        if as_json:
+            for smp in samples:
+                typer.echo(json.dumps(smp.as_json(), ensure_ascii=False))
+            return
+        for smp in samples:
+            t = Text()
+            pos = 0
+            for a, b in smp.spans:
+                t.append(smp.text[pos:a], style="dim")
+                t.append(smp.text[a:b], style="bold green")
+                pos = b
+            t.append(smp.text[pos:], style="dim")
+            console.rule(f"{smp.where}  (green: trained, {len(smp.trained)} of {len(smp.text)} characters)")
+            console.print(t)

@@ -1,7 +1,7 @@
 """Against forgetting: replay of general data, elastic weight consolidation (EWC), and
 adversarial training on input embeddings (FGM / PGD).
 
-- Replay mixes a fresh, seeded sample of general data into every epoch.
+- Replay mixes a seeded sample of general data into the training samples, counted in samples.
 - EWC estimates the diagonal Fisher information once, on reference data, from the model before
   fine-tuning (for LoRA: at the adapter's start; for continual runs: at the previous run's
   weights) and adds lambda/2 * sum F (theta - theta*)^2 over trainable parameters to the loss.
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
 
 # ------------------------------------------------------------------------------------------
 # Replay
@@ -24,28 +23,23 @@ from transformers import TrainerCallback
 
 
 def replay_count(n_domain: int, ratio: float) -> int:
-    """Number of general rows so that they make up `ratio` of each epoch."""
+    """Number of general samples so that they make up `ratio` of the training samples."""
     return int(round(n_domain * ratio / (1 - ratio))) if ratio > 0 else 0
 
 
-class ReplayMixer(TrainerCallback):
-    """Owns the tail of the training list: at each epoch start it refills it with a fresh sample of
-    the general pool (seeded by seed + epoch, so a resumed run draws the same sample)."""
-
-    def __init__(self, train_rows: list, pool: list, k: int, seed: int):
-        self.rows, self.pool, self.k, self.seed = train_rows, pool, k, seed
-        self.start = len(train_rows)
-        train_rows.extend(self._sample(0))
-
-    def _sample(self, epoch: int) -> list:
-        rng = random.Random(self.seed * 1000 + epoch)
-        if len(self.pool) >= self.k:
-            return rng.sample(self.pool, self.k)
-        return [rng.choice(self.pool) for _ in range(self.k)]
-
-    def on_epoch_begin(self, args, state, control, **kw):
-        epoch = int(state.epoch or 0)
-        self.rows[self.start:] = self._sample(epoch)
+def draw_replay(pool: list, n_domain: int, ratio: float, seed: int) -> list:
+    """`replay_count(n_domain, ratio)` general samples from the pool (seeded; with replacement only when
+    the pool is too small). Counted in *samples*, before packing: packing then fills rows with domain
+    and general samples alike, so 10% means 10% of the samples trained on (it used to count packed
+    rows: 1 general sample per 54 domain samples at ratio 0.1 on Huatuo). The draw is made once per
+    run, so every epoch has the same rows and a resumed run continues on identical data."""
+    k = replay_count(n_domain, ratio)
+    rng = random.Random(seed * 1000 + 17)
+    if not pool or k == 0:
+        return []
+    if len(pool) >= k:
+        return rng.sample(pool, k)
+    return [rng.choice(pool) for _ in range(k)]
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import inspect
 
 import torch
 
-from ..data.sft import IGNORE
+from ..data import IGNORE_INDEX
 
 CHUNK_ELEMENTS = 1 << 25  # logits elements per chunk (128 MB in fp32)
 
@@ -100,24 +100,69 @@ def _unwrap(model):
     return m
 
 
-def fused_loss_supported(model) -> bool:
-    """True for decoder LMs with `.lm_head`, a decoder with a final `.norm`, `logits_to_keep`, and no aux loss."""
+# config keys of heads that transform their logits after the matmul (Gemma-2/3 soft-capping, Cohere
+# and Granite scaling): the fused path computes raw `h @ W.T`, which would train another objective
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logit_scale",
+                    "logit_softcapping")
+
+
+def fused_loss_supported(model) -> tuple[bool, str | None]:
+    """(ok, why not): decoder LMs with a plain Linear `.lm_head`, a final `.norm`, `logits_to_keep`, no aux
+    loss and no transform of the logits. The last is also checked numerically once (`head_is_plain`),
+    so an architecture that post-processes logits under a name we do not know falls back too."""
     lm = _unwrap(model)
     head = getattr(lm, "lm_head", None)
     try:
         decoder = lm.get_decoder()
     except Exception:  # noqa: BLE001
-        return False
+        return False, "the model has no decoder to read the final hidden states from"
     if not isinstance(head, torch.nn.Linear) or not isinstance(getattr(decoder, "norm", None), torch.nn.Module):
-        return False
+        return False, "the LM head is not a plain Linear after a final norm (e.g. LoRA on lm_head)"
     if getattr(lm.config, "output_router_logits", False):  # models that add a router aux loss to `loss`
-        return False
+        return False, "the model adds a router auxiliary loss to its loss"
     if type(head.weight).__name__ == "DTensor" or getattr(head.weight, "ds_id", None) is not None:
-        return False  # sharded head (FSDP2 / ZeRO-3): the model's own loss handles the gather
+        return False, None  # sharded head (FSDP2 / ZeRO-3): the model's own loss handles the gather
     peft_cfg = getattr(getattr(model, "module", model), "peft_config", None)
     if peft_cfg and any(getattr(c, "is_prompt_learning", False) for c in peft_cfg.values()):
-        return False  # prefix tuning injects its own past_key_values through PeftModel.forward
-    return accepts_logits_to_keep(model)
+        return False, "prefix tuning injects its own past_key_values"
+    cfgs = [lm.config, getattr(lm.config, "text_config", None)]
+    for c in (c for c in cfgs if c is not None):
+        for key in LOGIT_TRANSFORMS:
+            v = getattr(c, key, None)
+            if v not in (None, 1, 1.0, False):
+                return False, f"the model transforms its logits ({key}={v})"
+    if not accepts_logits_to_keep(model):
+        return False, "the model's forward has no logits_to_keep"
+    if not head_is_plain(model):
+        return False, "the model's logits differ from lm_head(hidden states) (it post-processes them)"
+    return True, None
+
+
+@torch.no_grad()
+def head_is_plain(model, tokens: int = 6) -> bool:
+    """Whether the model's logits equal lm_head(final norm output) on a short probe sequence."""
+    lm = _unwrap(model)
+    emb = lm.get_input_embeddings()
+    vocab = getattr(emb, "num_embeddings", None) or lm.config.vocab_size
+    # a private CPU generator: neither the CPU nor the CUDA global RNG moves (randint on a CUDA device
+    # would draw from the CUDA generator, which fork_rng(devices=[]) does not cover), and the probe is
+    # the same every time
+    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(getattr(emb, "weight", lm.lm_head.weight).device)
+    caught = {}
+    hook = lm.get_decoder().norm.register_forward_hook(lambda m, a, out: caught.__setitem__("h", out))
+    modes = [(m, m.training) for m in model.modules()]  # per module: frozen parts may sit in eval mode
+    model.eval()
+    try:
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        hook.remove()
+        for m, training in modes:
+            m.training = training
+    h = caught["h"]
+    h = h[0] if isinstance(h, tuple) else h
+    plain = lm.lm_head(h).float()
+    return bool(torch.allclose(logits, plain, rtol=1e-4, atol=1e-4 * max(1.0, float(plain.abs().max()))))
 
 
 def accepts_logits_to_keep(model) -> bool:
@@ -143,7 +188,7 @@ def label_only_lm_loss(model, inputs: dict, num_items_in_batch=None, smoothing: 
     finally:
         hook.remove()
     labels = inputs["labels"][:, 1:]
-    keep = labels != IGNORE
+    keep = labels != IGNORE_INDEX
     h = caught["h"][:, :-1][keep]
     head = lm.lm_head
     total = linear_cross_entropy_sum(h, head.weight, head.bias, labels[keep], smoothing)

@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl + TensorBoard logging and a rich progress bar."""
+"""Trainer callbacks: metrics.jsonl + TensorBoard logging and a rich progress bar, and the standard set."""
 
 from __future__ import annotations
 
@@ -12,6 +12,38 @@ from transformers import TrainerCallback
 _RENAME = {"learning_rate": "lr"}
 
 
+class MetricsWriter:
+    """Appends one record per step to metrics.jsonl and the same scalars to TensorBoard (main process only).
+
+    Used by MetricsLogger (HF-Trainer stages) and by stages with their own loop (ppo)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb_dir = Path(run_dir) / "tensorboard"
+        self.writer = None
+
+    def open(self) -> "MetricsWriter":
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.tb_dir))
+        return self
+
+    def write(self, rec: dict, prefix: str | None = None) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):  # lists stay in jsonl
+                    tag = ("eval/" + k[5:]) if k.startswith("eval_") else (f"{prefix or 'train'}/" + k)
+                    self.writer.add_scalar(tag, v, rec.get("step", 0))
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 class MetricsLogger(TrainerCallback):
     """One JSON object per logged step in metrics.jsonl; the same scalars in TensorBoard.
 
@@ -20,18 +52,14 @@ class MetricsLogger(TrainerCallback):
     """
 
     def __init__(self, run_dir: Path, token_counter=None):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.tb_dir = Path(run_dir) / "tensorboard"
-        self.writer = None
+        self.out = MetricsWriter(run_dir)
         self.counter = token_counter
         self._last = None
 
     def on_train_begin(self, args, state, control, **kw):
         if not state.is_world_process_zero:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.tb_dir))
+        self.out.open()
         self._last = (time.time(), self.counter.real if self.counter else 0)
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -48,19 +76,14 @@ class MetricsLogger(TrainerCallback):
             rec["real_tokens"] = real
             rec["padding_share"] = round(self.counter.padding_share, 4)
             self._last = (now, real)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.writer is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):  # lists stay in jsonl
-                    tag = ("eval/" + k[5:]) if k.startswith("eval_") else ("train/" + k)
-                    self.writer.add_scalar(tag, v, state.global_step)
-            self.writer.flush()
+        if self.out.writer is None:  # a log before training began (an evaluation before train())
+            with open(self.out.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+            return
+        self.out.write(rec)
 
     def on_train_end(self, args, state, control, **kw):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.out.close()
 
 
 class RichProgress(TrainerCallback):
@@ -106,3 +129,24 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def standard_callbacks(cfg, run_dir: Path, health, counter, model, progress: bool) -> list:
+    """The callbacks every HF-Trainer stage runs: the monitor first (its numbers join the same log
+    record), then metrics.jsonl/TensorBoard, then the progress bar. Call `attach(trainer, cbs)` after."""
+    from .monitors import TrainingMonitor
+
+    return [TrainingMonitor(cfg.monitor, health, model), MetricsLogger(run_dir, counter),
+            RichProgress(counter, enabled=progress)]
+
+
+def attach(trainer, callbacks: list) -> None:
+    """Give the monitor its trainer (transformers 5 passes no optimizer to callbacks) and drop HF's printer."""
+    from transformers import PrinterCallback
+
+    from .monitors import TrainingMonitor
+
+    trainer.remove_callback(PrinterCallback)
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TrainingMonitor):
+            cb.trainer = trainer

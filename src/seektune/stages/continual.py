@@ -11,14 +11,12 @@ old metric got worse by more than the threshold.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import torch
-
 from ..config import ConfigError, EWCConfig, ReplayConfig, load_config
+from ..engine.summary import evidence_value
 from ..utils.console import console, log, warn
-from .sft import run_sft
+from . import run_stage
 
 
 def _eval_loss_on(trainer, rows: list[dict]) -> float | None:
@@ -29,7 +27,7 @@ def _eval_loss_on(trainer, rows: list[dict]) -> float | None:
 
 def continue_run(previous: Path, new_data: str, out: Path | None = None, eval_data: str | None = None,
                  replay_ratio: float = 0.2, ewc_lambda: float | None = None, threshold: float = 0.05,
-                 overrides: list[str] | None = None, show_progress: bool = True) -> dict:
+                 overrides: list[str] | None = None, show_progress: bool = True, overwrite: bool = False):
     previous = Path(previous)
     if not (previous / "config.yaml").exists() or not (previous / "final").exists():
         raise ConfigError(f"{previous}: not a finished seektune run (needs config.yaml and final/)")
@@ -54,14 +52,17 @@ def continue_run(previous: Path, new_data: str, out: Path | None = None, eval_da
         cfg.train.ewc = EWCConfig(data=str(buffer) if buffer.exists() else None, lam=ewc_lambda)
     log(f"continuing {previous} on {new_data} -> {out} (replay {replay_ratio if cfg.train.replay else 0}, "
         f"ewc {ewc_lambda or 'off'})")
-    summary = run_sft(cfg, show_progress=show_progress, init_adapter=init_adapter)
-    trainer = summary["_trainer"]
+    if cfg.train.stage != "sft":
+        raise ConfigError(f"seektune continue: {previous} is a {cfg.train.stage} run; continual fine-tuning "
+                          "continues sft runs")
+    result = run_stage(cfg, overwrite=overwrite, progress=show_progress, init_adapter=init_adapter)
+    summary, trainer = result.summary, result.trainer
     old_rows = json.loads((previous / "eval_tokens.json").read_text()) if (previous / "eval_tokens.json").exists() else []
-    old_before = prev_summary.get("eval_loss_after")
+    old_before = evidence_value(prev_summary, "eval_loss", "after")
     old_after = _eval_loss_on(trainer, old_rows)
     rows = [{"eval set": f"previous ({previous.name})", "metric": "eval loss", "before": old_before, "after": old_after},
-            {"eval set": "new data", "metric": "eval loss", "before": summary.get("eval_loss_before"),
-             "after": summary.get("eval_loss_after")}]
+            {"eval set": "new data", "metric": "eval loss", "before": evidence_value(summary, "eval_loss", "before"),
+             "after": evidence_value(summary, "eval_loss", "after")}]
     alarms = []
     for r in rows:
         b, a = r["before"], r["after"]
@@ -83,5 +84,6 @@ def continue_run(previous: Path, new_data: str, out: Path | None = None, eval_da
     for a in alarms:
         warn(a)
     console.print("\n".join(md[4:]))
-    summary["drift"] = drift
-    return summary
+    summary["details"]["drift"] = drift
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    return result

@@ -1,4 +1,4 @@
-"""train.stage: ppo — a compact PPO (RLHF) loop: trl 1.16 ships no PPOTrainer.
+"""train.stage: ppo: a compact PPO (RLHF) loop (trl 1.16 ships no PPOTrainer).
 
 Pieces, each small and tested:
 - policy: the causal LM with a LoRA adapter; the reference policy is the same model with the
@@ -9,9 +9,11 @@ Pieces, each small and tested:
   -kl_coef * (log pi - log ref) is added at every response token, the score at the last one;
 - advantages by GAE(gamma, lambda), whitened; PPO-clip policy loss + clipped value loss,
   `ppo_epochs` passes over minibatches of train.batch_size;
-- KL control: fixed, or adaptive towards align.target_kl (Ziegler et al. 2019).
+- KL control: fixed, or adaptive towards ppo.target_kl (Ziegler et al. 2019).
 Logged per iteration (metrics.jsonl, TensorBoard): score, reward, kl, entropy, kl_coef, losses,
-clip fraction, response length; the reward curve is drawn to reward_curve.png.
+clip fraction, response length; the reward curve is drawn to reward_curve.png. Checkpoints (the
+adapter, value head, optimizer and RNG states in safetensors, the rest in JSON) make `--resume`
+continue at the next iteration with the same random stream.
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError
+from transformers import set_seed
+
 from ..data.templates import get_template
+from ..engine.callbacks import MetricsWriter
+from ..engine.run import RunFolder
+from ..engine.summary import StageResult, evidence, make_summary
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
 from ..utils.console import log
-from .align_common import prepare_pairs, start_run, write_summary
+from ..utils.threads import configure_threads
+from .common import load_pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,33 +198,108 @@ def generate(model, tok, prompts: list[str], a, max_prompt: int) -> Rollout:
 
 
 def _score(rm, rm_tok, texts: list[str], bs: int) -> torch.Tensor:
-    from .reward import score_texts
+    from ..eval.preference import score_texts
 
     return score_texts(rm, rm_tok, texts, bs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: adapter, value head, optimizer and RNG in safetensors, the rest in JSON
+# ---------------------------------------------------------------------------------------------
+
+def _optimizer_tensors(opt) -> tuple[dict, dict]:
+    """AdamW state as flat tensors + JSON (torch.save would pickle it)."""
+    tensors, meta = {}, {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+                         "steps": {}}
+    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.ndim > 0:
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                meta["steps"][f"{pid}.{k}"] = float(v)
+    return tensors, meta
+
+
+def _load_optimizer(opt, tensors: dict, meta: dict) -> None:
+    sd = opt.state_dict()
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["steps"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = torch.tensor(v)
+    for g, saved in zip(sd["param_groups"], meta["param_groups"]):
+        g.update({k: v for k, v in saved.items() if k != "params"})
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def save_state(folder: Path, it: int, policy, value_head, opt, gen, kl_ctl, moments) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(policy).items()}, str(folder / "adapter.safetensors"))
+    save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, str(folder / "value_head.safetensors"))
+    tensors, meta = _optimizer_tensors(opt)
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    save_file({"prompts": gen.get_state(), "torch": torch.get_rng_state()}, str(folder / "rng.safetensors"))
+    (folder / "state.json").write_text(json.dumps({
+        "iteration": it, "optimizer": meta, "kl_coef": kl_ctl.value,
+        "moments": {"mean": moments.mean, "var": moments.var, "count": moments.count}}))
+
+
+def load_state(folder: Path, policy, value_head, opt, gen, kl_ctl, moments) -> int:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(policy, load_file(str(folder / "adapter.safetensors")))
+    value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
+    st = json.loads((folder / "state.json").read_text())
+    _load_optimizer(opt, load_file(str(folder / "optimizer.safetensors")), st["optimizer"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    gen.set_state(rng["prompts"])
+    torch.set_rng_state(rng["torch"])
+    kl_ctl.value = st["kl_coef"]
+    moments.mean, moments.var, moments.count = st["moments"]["mean"], st["moments"]["var"], st["moments"]["count"]
+    return int(st["iteration"])
+
+
+def _history(run: RunFolder) -> list[dict]:
+    if not run.metrics.exists():
+        return []
+    out = []
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "score" in rec:
+            out.append(rec)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
-def run_ppo(cfg: Config, show_progress: bool = True) -> dict:
+def _save_every(t, iters: int) -> int | None:
+    if t.save_steps is None:
+        return None
+    return max(1, math.ceil(iters / 10)) if t.save_steps == "auto" else t.save_steps
+
+
+def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = None) -> StageResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from torch.utils.tensorboard import SummaryWriter
 
-    from .reward import load_reward_model
+    from ..eval.preference import load_reward_model
 
-    a, t = cfg.align, cfg.train
-    if not a.reward_model:
-        raise ConfigError("train.stage=ppo needs align.reward_model: an rm run folder (train.stage: rm), a model "
-                          "folder with a sequence-classification head, or a preset")
-    if cfg.adapter.method != "lora":
-        raise ConfigError("train.stage=ppo uses the base model with the adapter disabled as its reference: "
-                          "set adapter.method: lora")
-    t0 = time.time()
-    run_dir, threads = start_run(cfg)
+    a, t = cfg.ppo, cfg.train
+    # 1. setup
+    threads = configure_threads(t.num_threads)
+    set_seed(t.seed)
     policy, tok, model_path = load_model(cfg.model, log=log)
     template = get_template(cfg.data.template, tok)
-    train, _, stats = prepare_pairs(cfg, tok, template, run_dir, prompts_only=True)  # the preference prompts
+    train, _, stats = load_pairs(cfg, run, tok, template, a.max_prompt_length, prompts_only=True)
     prompts = [p.prompt for p in train]
     policy, rep = apply_adapter(policy, cfg.adapter, "causal_lm", log=log)
     for line in rep.lines():
@@ -231,56 +313,74 @@ def run_ppo(cfg: Config, show_progress: bool = True) -> dict:
     iters = t.max_steps if t.max_steps > 0 else max(1, int(t.epochs * len(prompts) / a.rollout_batch_size))
     kl_ctl, moments = AdaptiveKL(a.kl_coef, a.target_kl, a.kl_horizon), RunningMoments()
     gen = torch.Generator().manual_seed(t.seed)
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    history: list[dict] = []
+    start = 1
+    if run.resume_from:
+        start = load_state(Path(run.resume_from), policy, value_head, opt, gen, kl_ctl, moments) + 1
+        log(f"ppo: resuming at iteration {start}")
+    every = _save_every(t, iters)
+    out = MetricsWriter(run.path).open() if run.main else None
+    history = _history(run)
+
+    # 2. train
+    t_train = time.time()
     bar = Progress(TextColumn("[bold]ppo"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                   disable=not show_progress)
+                   disable=not progress)
     with bar:
-        task = bar.add_task("ppo", total=iters, info="")
-        for it in range(1, iters + 1):
+        task = bar.add_task("ppo", total=iters, completed=start - 1, info="")
+        for it in range(start, iters + 1):
             idx = torch.randint(len(prompts), (a.rollout_batch_size,), generator=gen).tolist()
             rec = ppo_iteration(policy, value_head, opt, tok, rm, rm_tok, [prompts[i] for i in idx], cfg,
                                 kl_ctl, moments)
             rec["step"] = it
             history.append(rec)
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    writer.add_scalar("ppo/" + k, v, it)
+            if out is not None:
+                out.write(rec, prefix="ppo")
             if it % t.logging_steps == 0 or it == 1 or it == iters:
                 log(f"ppo {it}/{iters}: score {rec['score']:.4f} reward {rec['reward']:.4f} kl {rec['kl']:.4f} "
                     f"entropy {rec['entropy']:.3f} kl_coef {rec['kl_coef']:.4f}")
             bar.update(task, completed=it, info=f"score {rec['score']:.3f} kl {rec['kl']:.3f}")
-    writer.close()
-    final = run_dir / "final"
-    policy.save_pretrained(str(final))
-    tok.save_pretrained(str(final))
-    torch.save(value_head.state_dict(), final / "value_head.pt")
-    plot_reward_curve(history, run_dir / "reward_curve.png")
+            if every and it % every == 0 and it < iters:
+                run.checkpoints.save(it, lambda d: save_state(d, it, policy, value_head, opt, gen, kl_ctl, moments))
+    train_s = time.time() - t_train
+    if out is not None:
+        out.close()
+
+    # 3. save: the adapter (plain peft) and the value head (safetensors)
+    def save(d: Path):
+        from safetensors.torch import save_file
+
+        policy.save_pretrained(str(d))
+        tok.save_pretrained(str(d))
+        save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, str(d / "value_head.safetensors"))
+
+    run.save_final(save)
+    if run.main:
+        plot_reward_curve(history, run.path / "reward_curve.png")
+
+    # 4. summary
     first, last = _window(history[: max(1, len(history) // 4)]), _window(history[-max(1, len(history) // 4):])
-    summary = {"stage": "ppo", "model": cfg.model.name_or_path, "model_path": model_path,
-               "reward_model": a.reward_model, "adapter": rep.method, "trainable_params": rep.trainable,
-               "data": stats, "iterations": iters, "score_first_quarter": first, "score_last_quarter": last,
-               "final_kl_coef": kl_ctl.value, "threads": threads, "final": str(final),
-               "reward_curve": str(run_dir / "reward_curve.png"),
-               "curve": [{k: r[k] for k in ("step", "score", "reward", "kl", "entropy")} for r in history]}
-    write_summary(run_dir, summary, t0, report=cfg.eval.report)
-    log(f"ppo done: mean score {first:.4f} (first quarter) -> {last:.4f} (last quarter); "
-        f"curve in {run_dir / 'reward_curve.png'}")
-    summary["_policy"], summary["_value_head"] = policy, value_head
-    return summary
+    summary = make_summary(
+        "ppo", cfg, adapter_report=rep, model_path=model_path, data=stats, steps=iters, train_seconds=train_s,
+        threads=threads, final=str(run.final), resumed_from=run.resume_from,
+        evidence_rows=[evidence("mean reward-model score (first -> last quarter)", first, last, "higher",
+                                key="score")],
+        curves=[{"title": "PPO: reward-model score and KL to the reference", "keys": ["score", "reward", "kl"]}],
+        reward_model=a.reward_model, iterations=iters, score_first_quarter=first, score_last_quarter=last,
+        final_kl_coef=kl_ctl.value, reward_curve=str(run.path / "reward_curve.png"),
+        figures=["reward_curve.png"],
+        curve=[{k: r[k] for k in ("step", "score", "reward", "kl", "entropy")} for r in history])
+    return StageResult(summary, model=policy, tokenizer=tok, extra={"value_head": value_head})
 
 
 def _window(recs: list[dict]) -> float:
     return round(sum(r["score"] for r in recs) / max(1, len(recs)), 4)
 
 
-def ppo_iteration(policy, value_head, opt, tok, rm, rm_tok, prompts: list[str], cfg: Config, kl_ctl: AdaptiveKL,
+def ppo_iteration(policy, value_head, opt, tok, rm, rm_tok, prompts: list[str], cfg, kl_ctl: AdaptiveKL,
                   moments: RunningMoments) -> dict:
     """One rollout + `ppo_epochs` optimisation passes; returns the logged numbers."""
-    a, t = cfg.align, cfg.train
+    a, t = cfg.ppo, cfg.train
     roll = generate(policy, tok, prompts, a, min(a.max_prompt_length, cfg.data.max_length))
     raw = _score(rm, rm_tok, roll.texts, t.eval_batch_size or t.batch_size)
     if a.missing_eos_penalty is not None:

@@ -1,0 +1,41 @@
+"""Each stage's own options: one module per stage with one class, every option documented.
+
+A stage's section in the YAML (`dpo:`, `ppo:`, ...) maps onto its class here; the registry in
+`config/stages.py` links the class to its stage and its recipe.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..sections import AdapterConfig, Section
+
+
+class StageOptions(Section):
+    """Base of a stage's options. `check` holds the stage's cross-section rules (load-time errors)."""
+
+    def check(self, cfg) -> list[str]:
+        """Problems of the whole config for this stage, each naming its key (empty list = fine)."""
+        return []
+
+
+class PreferenceOptions(StageOptions):
+    """What every stage that trains on preference pairs shares."""
+
+    max_prompt_length: int = Field(256, ge=4, description="prompt tokens; longer pairs go to rejects.jsonl (too long)")
+    disable_dropout: bool = Field(
+        True, description="switch every dropout off while training (trl's default: the policy and reference "
+        "log-probs must be computed alike); false keeps train.dropout / adapter.dropout")
+
+    def check(self, cfg) -> list[str]:
+        if not self.disable_dropout:
+            return []
+        stage, errors = cfg.train.stage, []
+        d = cfg.train.dropout
+        if d is not None and any(v for v in (d.attention, d.hidden, d.classifier)):
+            errors.append(f"train.dropout: stage {stage} switches dropout off ({stage}.disable_dropout: true, as trl "
+                          "does); set it to false to keep dropout")
+        if cfg.adapter.dropout != AdapterConfig.model_fields["dropout"].default and cfg.adapter.dropout > 0:
+            errors.append(f"adapter.dropout: stage {stage} switches dropout off ({stage}.disable_dropout: true); "
+                          "set it to false to keep LoRA dropout")
+        return errors

@@ -1,0 +1,95 @@
+"""The stage registry: the one place that lists what `seektune train` can run.
+
+A stage is a recipe module (`seektune/stages/<name>.py`, resolved by `seektune.stages.recipe`),
+its options class (`config/options/<name>.py`, its own YAML section) and one `Stage` entry below.
+Each entry declares the shared keys the stage honours; `unused_keys` turns every other key that a
+config sets away from its default into a load-time error naming the key and the stage
+(`train.adversarial: not used by stage dpo`), because an option accepted and then ignored costs a
+whole run before anyone notices.
+
+The recipe is named by module path so that loading a config never imports torch; the
+dependency rule (docs/architecture.md) keeps `config` below `stages`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from .options import StageOptions
+from .options.dpo import DPOOptions
+from .options.ppo import PPOOptions
+from .options.rm import RMOptions
+
+# keys every stage honours, and keys that belong to later commands (export, serve read `deploy`)
+ALWAYS = ("train.stage", "train.output_dir", "train.seed", "train.resume", "train.num_threads", "deploy.*",
+          "eval.report")
+MODEL = ("model.name_or_path", "model.task", "model.trust_remote_code", "model.dtype", "model.attn_implementation",
+         "model.tokenizer")
+DATA = ("data.train", "data.eval", "data.format", "data.eval_ratio", "data.max_eval_samples", "data.max_samples",
+        "data.max_length")
+CHAT = ("data.template", "data.system_prompt")
+# the optimisation loop of every HF-Trainer-based stage (engine/trainer.py)
+LOOP = ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.grad_accum",
+        "train.lr", "train.min_lr", "train.warmup_steps", "train.warmup_ratio", "train.lr_scheduler",
+        "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.eval_steps", "train.save_steps",
+        "train.keep_checkpoints", "train.layerwise_lr", "train.early_stopping", "train.dropout",
+        "train.return_freed_memory", "train.gradient_checkpointing", "train.activation_budget_gb",
+        "train.distributed", "train.fsdp.*", "train.deepspeed.*", "monitor.*")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    recipe: str                             # module of the recipe
+    options: type[StageOptions] | None      # the stage's own YAML section (`dpo:`), None when it has none
+    uses: tuple[str, ...]                   # shared keys it honours (fnmatch patterns on dotted keys)
+    tasks: tuple[str, ...] = ("causal_lm",)  # model.task values it trains
+    data: str = "sft"                       # the family of data.format it reads (data/formats.py)
+    multi_process: bool = True              # runs under --nproc N (torchrun)
+    extra: dict = field(default_factory=dict)
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("sft", "supervised fine-tuning of a causal LM on chat samples (prompt-masked loss, packing)",
+          "seektune.stages.sft", None,
+          ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP
+          + ("data.packing", "data.cache", "data.pipeline", "data.curriculum", "train.fused_loss",
+             "train.label_smoothing", "train.replay", "train.ewc", "train.adversarial", "eval.*")),
+    Stage("classify", "sequence classification (one label per text) or token classification (NER tags)",
+          "seektune.stages.classify", None,
+          ALWAYS + MODEL + ("model.num_labels", "adapter.*") + DATA + LOOP
+          + ("data.text_field", "data.label_field", "data.stride", "data.label_scheme", "data.nested_policy",
+             "data.strip_digits", "data.pipeline", "train.label_smoothing", "train.class_weights", "train.ewc",
+             "train.adversarial"),
+          tasks=("sequence_classification", "token_classification"), data="labelled"),
+    Stage("rm", "reward model: the base plus a scalar head, trained on preference pairs (trl RewardTrainer)",
+          "seektune.stages.rm", RMOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
+          data="preference"),
+    Stage("dpo", "direct preference optimisation on preference pairs (trl DPOTrainer)",
+          "seektune.stages.dpo", DPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
+          data="preference"),
+    Stage("ppo", "RLHF with PPO against a reward model (seektune's compact loop: trl 1.16 has no PPO)",
+          "seektune.stages.ppo", PPOOptions,
+          ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT
+          + ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.lr",
+             "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.save_steps",
+             "train.keep_checkpoints"),
+          data="preference", multi_process=False),
+]}
+
+
+def stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise KeyError(name)
+    return STAGES[name]
+
+
+def honoured(spec: Stage, key: str) -> bool:
+    return any(fnmatchcase(key, pat) for pat in ALWAYS + spec.uses)
+
+
+def users_of(key: str) -> list[str]:
+    """The stages that honour a shared key (for the error message)."""
+    return [s.name for s in STAGES.values() if honoured(s, key)]

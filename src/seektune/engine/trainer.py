@@ -1,0 +1,171 @@
+"""What seektune adds to every HF-Trainer-based stage (its own trainers and trl's), as one mixin.
+
+    class SFTTrainer(SeekTrainerMixin, transformers.Trainer): ...
+    class SeekDPOTrainer(SeekTrainerMixin, trl.DPOTrainer): ...
+
+- optimizer groups with layer-wise rates and no weight decay on norms/biases, and our schedules
+  (warmup then cosine/linear to a floor, or constant), for every stage alike;
+- a NaN/inf loss skips its optimizer step (counted), and N in a row stop the run with advice;
+- real-token accounting (tokens/s, padding share) when the batch is token ids;
+- EWC penalty and embedding-space adversarial steps, when the stage sets them;
+- checkpoints staged and renamed into place with a completion marker (engine/checkpoint.py), which
+  also covers trl trainers: they override `_save_checkpoint` and call ours through `super()`.
+A stage's own loss goes in `task_loss` (default: the parent trainer's compute_loss).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import CheckpointClient
+from .optim import build_param_groups, make_scheduler, warmup_steps
+
+
+class TokenCounter:
+    """Counts real (non-pad) and padded tokens seen by training steps, for tokens/s and padding share."""
+
+    def __init__(self):
+        self.real = 0
+        self.padded = 0
+
+    @property
+    def padding_share(self) -> float:
+        return 1.0 - self.real / self.padded if self.padded else 0.0
+
+
+class SeekTrainerMixin:
+    def __init__(self, *a, st_cfg=None, health=None, token_counter: TokenCounter | None = None, pad_token_id: int = 0,
+                 **kw):
+        super().__init__(*a, **kw)
+        self.st_cfg = st_cfg
+        self.health = health
+        self.token_counter = token_counter or TokenCounter()
+        self.pad_token_id = pad_token_id
+        self._skip_step = False
+        self._staging: str | None = None
+        self.group_lrs: dict[str, float] = {}
+        self.ewc = None  # engine.forgetting.EWC when train.ewc is set
+        self.perturber = None  # engine.forgetting.EmbeddingPerturber when train.adversarial is set
+        self.last_adv_loss: float | None = None
+
+    # -- accounting, adversarial step and NaN handling ------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+        if torch.is_tensor(ids):
+            real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else \
+                int((ids != self.pad_token_id).sum())
+            self.token_counter.real += real
+            self.token_counter.padded += ids.numel()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        adv = self.st_cfg.train.adversarial if self.st_cfg is not None else None
+        if adv is not None and self.perturber is not None and torch.isfinite(loss).all():
+            from .forgetting import adversarial_step
+
+            adv_loss = adversarial_step(self, model, inputs, num_items_in_batch, self.perturber, adv.method,
+                                        adv.epsilon, adv.steps, adv.alpha)
+            if adv_loss is not None:
+                self.last_adv_loss = float(adv_loss)
+        if self.health is not None:
+            loss = self._guard_nonfinite(loss)
+        return loss
+
+    def _guard_nonfinite(self, loss):
+        if torch.isfinite(loss).all():
+            self.health.nonfinite_streak = 0
+            return loss
+        self._skip_step = True  # the whole optimizer step this micro-batch belongs to
+        self.health.nonfinite_total += 1
+        self.health.nonfinite_streak += 1
+        limit = self.st_cfg.monitor.max_nonfinite_in_a_row if self.st_cfg is not None else 5
+        self.health.warn(f"step {self.state.global_step + 1}: loss is {loss.item()}; step skipped "
+                         f"({self.health.nonfinite_streak} in a row, {self.health.nonfinite_total} total)")
+        if self.health.nonfinite_streak >= limit:
+            self.health.warn(f"stopping: {limit} non-finite losses in a row. Try a lower train.lr, keep "
+                             "train.max_grad_norm clipping on, train in float32 (model.dtype), and check the data "
+                             "for empty or garbled rows (seektune data clean).")
+            self.control.should_training_stop = True
+        return torch.zeros_like(loss)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = self.task_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.ewc is not None and model.training:
+            # one penalty per optimizer step, spread over its micro-batches
+            pen = self.ewc.penalty(model) / self.args.gradient_accumulation_steps
+            return (out[0] + pen, out[1]) if return_outputs else out + pen
+        return out
+
+    def task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stage's own loss; the parent trainer's by default."""
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    # -- optimizer and schedule -----------------------------------------------------------------
+    def create_optimizer(self, *a, **kw):
+        if self.optimizer is None and self.st_cfg is not None:
+            t = self.st_cfg.train
+            groups = build_param_groups(self.model, t.lr, t.weight_decay, t.layerwise_lr)
+            self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                               eps=self.args.adam_epsilon)
+        opt = super().create_optimizer(*a, **kw) if self.optimizer is None else self.optimizer
+        if not getattr(opt, "_seektune_wrapped", False):
+            inner_step = opt.step
+
+            def step(*sa, **skw):
+                # the rates this step uses, per named group (logged by the monitor)
+                self.group_lrs = {g.get("name", str(i)).replace(".no_decay", ""): g["lr"]
+                                  for i, g in enumerate(opt.param_groups)}
+                if self._skip_step:
+                    self._skip_step = False
+                    return None
+                return inner_step(*sa, **skw)
+
+            opt.step = step
+            opt._seektune_wrapped = True
+        return opt
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and self.st_cfg is not None:
+            t = self.st_cfg.train
+            self.lr_scheduler = make_scheduler(optimizer or self.optimizer, num_training_steps,
+                                               warmup_steps(t, num_training_steps), t.lr_scheduler, t.lr, t.min_lr)
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    # -- crash-safe checkpoints -----------------------------------------------------------------
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Save into checkpoints/.staging, then rename into place: a checkpoint folder exists only whole."""
+        client = CheckpointClient(self.args.output_dir, keep=self.args.save_total_limit or 2,
+                                  is_main=self.args.should_save)
+        if self.args.should_save:
+            client.begin()
+        self._staging = str(client.staging)
+        real_limit, self.args.save_total_limit = self.args.save_total_limit, None  # we rotate, after the rename
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+            self.args.save_total_limit = real_limit
+        if not self.args.should_save:
+            return
+        step = self.state.global_step
+        best = None
+        if self.state.best_global_step:
+            best = str(client.folder / f"checkpoint-{self.state.best_global_step}")
+            if (client.folder / f"checkpoint-{self.state.best_global_step}").exists() or \
+                    self.state.best_global_step == step:
+                self.state.best_model_checkpoint = best
+            staged_state = client.staging / f"checkpoint-{step}" / "trainer_state.json"
+            self.state.save_to_json(str(staged_state))  # must name the real folder for exact resume
+        client.commit(step, best=self.state.best_model_checkpoint)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        super().save_model(output_dir, _internal_call)
+        if output_dir and self.args.should_save:
+            import os
+
+            p = os.path.join(output_dir, "training_args.bin")
+            if os.path.exists(p):
+                os.remove(p)

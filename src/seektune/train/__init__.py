@@ -1,1 +1,0 @@
-"""seektune.train"""
