@@ -64,6 +64,11 @@ def test_openai_client_shapes(server):
                                             stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == r.choices[0].message.content  # greedy: streamed and whole answers agree
+    # tiny-qwen2 carries the DeepSeek-R1 tokenizer: `auto` serves the R1 template, whose prompt opens <think>,
+    # so a reply that never closes it is all reasoning (as DeepSeek's API reports it)
+    thought = "".join(getattr(ch.choices[0].delta, "reasoning_content", None) or "" for ch in chunks if ch.choices)
+    whole = getattr(r.choices[0].message, "reasoning_content", None)
+    assert whole is not None and thought == whole and r.usage.completion_tokens > 0
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == r.choices[0].finish_reason
     comp = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=0.8, seed=3)
@@ -174,3 +179,39 @@ def test_requests_joining_a_running_batch_decode_as_if_alone(loaded):
     stats = engine.run([reqs[0]], take_more, max_batch=4)
     assert [r.out for r in reqs] == alone
     assert stats["largest"] == 3 and stats["requests"] == 3
+
+
+def test_reasoning_is_split_from_the_answer_as_it_streams():
+    from seektune.data.reasoning import ReasoningStream, split_generation
+
+    full = "Water helps.\n</think>\n\nDrink two litres."
+    assert split_generation(full, True) == ("Water helps.", "Drink two litres.")
+    assert split_generation("<think>\nr\n</think>\n\na", False) == ("r", "a")
+    assert split_generation("just an answer", False) == (None, "just an answer")
+    assert split_generation("cut off while thinking", True) == ("cut off while thinking", "")
+    for cut in range(1, len(full)):  # every split point, the tag cut in two included
+        st = ReasoningStream(prompt_opened_think=True)
+        parts = st.feed(full[:cut]) + st.feed(full[cut:]) + st.flush()
+        reasoning = "".join(t for k, t in parts if k == "reasoning")
+        content = "".join(t for k, t in parts if k == "content")
+        assert (reasoning, content) == split_generation(full, True) == ("Water helps.", "Drink two litres."), cut
+    st = ReasoningStream(prompt_opened_think=False)  # the reply opens <think> itself
+    parts = st.feed("<thi") + st.feed("nk>\nhmm</think>ok") + st.flush()
+    assert [k for k, _ in parts] == ["reasoning", "content"] and parts == [("reasoning", "hmm"), ("content", "ok")]
+    text = "\n\nstep one\n\nstep two\n\n"  # newlines inside the reasoning stay, around it they go
+    for cut in range(1, len(text)):
+        st = ReasoningStream(True)
+        parts = st.feed(text[:cut]) + st.feed(text[cut:]) + st.flush()
+        assert "".join(t for _, t in parts) == split_generation(text, True)[0] == "step one\n\nstep two"
+
+
+def test_a_template_without_reasoning_serves_plain_content(loaded):
+    app, _ = build_app(loaded, ServeOptions(api_key=KEY, model_name="tiny", max_tokens=8, context_length=96,
+                                            template="deepseek-v3"))
+    s = ThreadedServer(app).start()
+    try:
+        r = client(s).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+                                              temperature=0)
+        assert getattr(r.choices[0].message, "reasoning_content", None) is None and r.choices[0].message.content
+    finally:
+        s.stop()

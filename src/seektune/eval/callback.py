@@ -15,7 +15,7 @@ import time
 from transformers import TrainerCallback
 
 from ..utils.console import log
-from .generation import GenerationSettings, generate_texts
+from .generation import GenerationSettings, generate_texts, split_replies
 from .metrics import text_metrics
 
 
@@ -57,7 +57,8 @@ class GenerationEvalCallback(TrainerCallback):
         """Generate for the fixed subset and score it; also used inside evaluations, so that early
         stopping can follow eval_rouge_l / eval_bleu4 / eval_exact_match."""
         t0 = time.time()
-        preds = generate_texts(model, self.tok, self.template, [it.prompt for it in self.items], self.settings)
+        texts = generate_texts(model, self.tok, self.template, [it.prompt for it in self.items], self.settings)
+        preds = [answer for _, answer in split_replies(texts, self.template)]
         m = text_metrics(preds, [it.reference for it in self.items])
         cost = time.time() - t0
         self.spent += cost

@@ -116,3 +116,12 @@ def generate_texts(model, tokenizer, template, prompts: list[list[dict]], settin
     finally:
         model.train(was_training)
     return [o or "" for o in out]
+
+
+def split_replies(texts: list[str], template) -> list[tuple[str | None, str]]:
+    """(reasoning, answer) per generated reply: the answer is what metrics score; the reasoning is kept
+    beside it (the DeepSeek-R1 template opens <think> in the prompt, so replies start inside it)."""
+    from ..data.reasoning import split_generation
+
+    opened = bool(getattr(template, "opens_think", False))
+    return [split_generation(t, opened) for t in texts]

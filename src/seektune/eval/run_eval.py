@@ -22,7 +22,7 @@ from pathlib import Path
 from ..data.io import DataError, write_jsonl
 from ..utils.console import console, log, warn
 from .data import EvalSet, heldout_eval_set, load_eval_set
-from .generation import GenerationSettings, generate_texts
+from .generation import GenerationSettings, generate_texts, split_replies
 from .metrics import perplexity, text_metrics
 
 EVAL_FILE = "eval.json"
@@ -48,14 +48,16 @@ def evaluate_set(model, tokenizer, template, eval_set: EvalSet, settings: Genera
         preds = generate_texts(model, tokenizer, template, prompts, settings)
     gen_s = time.time() - t0
     refs = [it.reference for it in items]
+    replies = split_replies(preds, template)
+    preds = [answer for _, answer in replies]
     metrics = text_metrics(preds, refs)
     if with_perplexity:
         metrics["perplexity"] = perplexity(model, tokenizer, template, [it.conversation for it in items],
                                            max_length=max_length, batch_size=max(1, settings.batch_size // 2))
     metrics["seconds"] = round(time.time() - t0, 2)
     metrics["generation_seconds"] = round(gen_s, 2)
-    samples = [{"where": it.where, "question": it.question, "reference": it.reference, "prediction": p}
-               for it, p in zip(items, preds)]
+    samples = [{"where": it.where, "question": it.question, "reference": it.reference, "prediction": p,
+                **({"reasoning": r} if r is not None else {})} for it, p, (r, _) in zip(items, preds, replies)]
     return {"metrics": metrics, "samples": samples, "source": eval_set.source, "rejected": len(eval_set.rejects)}
 
 

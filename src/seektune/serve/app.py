@@ -1,5 +1,10 @@
 """The OpenAI-compatible HTTP API: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
+Chat replies of reasoning models carry the reasoning apart from the answer, as DeepSeek's API does:
+`message.reasoning_content` beside `message.content`, and streamed `delta.reasoning_content` chunks
+before the `delta.content` ones (data/reasoning.py splits the text; the R1 template opens the
+`<think>` block in the prompt).
+
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` so the `openai`
 client raises its usual exceptions: 400 bad JSON / invalid fields / too many tokens, 401 missing or
 wrong API key, 404 unknown model, 503 queue full. Streaming answers are server-sent events
@@ -20,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..data.reasoning import ReasoningStream, split_generation
 from .batcher import DynamicBatcher, GenRequest, QueueFullError
 
 
@@ -165,12 +171,15 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+    opens_think = bool(getattr(template, "opens_think", False))
+
     async def stream(req: GenRequest, rid: str, obj: str, chat: bool, include_usage: bool):
         created = int(time.time())
+        splitter = ReasoningStream(opens_think) if chat else None
 
-        def chunk(delta: str | None, finish=None, role=False):
+        def chunk(delta: str | None, finish=None, role=False, kind: str = "content"):
             if chat:
-                d = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta is not None else {})
+                d = {"role": "assistant", "content": ""} if role else ({kind: delta} if delta is not None else {})
                 choice = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
@@ -182,8 +191,14 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
             while True:
                 kind, value = await req.events.get()
                 if kind == "delta":
-                    yield sse(chunk(value))
+                    if splitter is None:
+                        yield sse(chunk(value))
+                    else:
+                        for part, text in splitter.feed(value):
+                            yield sse(chunk(text, kind="reasoning_content" if part == "reasoning" else "content"))
                 elif kind == "done":
+                    for part, text in (splitter.flush() if splitter is not None else []):
+                        yield sse(chunk(text, kind="reasoning_content" if part == "reasoning" else "content"))
                     yield sse(chunk(None, finish=_finish(value)))
                     if include_usage:
                         yield sse({"id": rid, "object": obj, "created": created, "model": settings.model_name,
@@ -229,8 +244,12 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
                                             _include_usage(json.loads(await request.body()))),
                                      media_type="text/event-stream")
         text, info = await collect(req)
+        reasoning, answer = split_generation(text, opens_think)
+        message = {"role": "assistant", "content": answer}
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": settings.model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": _finish(info)}], "usage": usage(info)}
 
     @app.post("/v1/completions")
