@@ -480,7 +480,15 @@ def detect_format(d: dict[str, Any]) -> str:
 
 def to_messages(rec: Record, fmt: str = "auto", system_prompt: str | None = None) -> list[dict]:
     """One record -> chat messages ending with an assistant turn; DataError (with file:line) when it cannot."""
-    f = detect(rec.data, "sft") if fmt == "auto" else get_format(fmt, "sft")
+    if fmt == "auto":
+        try:
+            f = detect(rec.data, "sft")
+        except DataError as e:
+            # a half-complete record: name the field it lacks (not the list of every format)
+            partial = None if any(g.matches(rec.data) for g in REGISTRY) else missing_for_partial(rec.data)
+            raise DataError(f"{rec.where}: {partial or e}") from None
+    else:
+        f = get_format(fmt, "sft")
     try:
         msgs = f.messages(rec)
     except (AttributeError, TypeError) as e:

@@ -64,13 +64,18 @@ def _stratified(cands: list[int], key, ratio: float, k: int, want: int, rng: ran
             q = max(1, min(q, len(idx) - 1))
         quota[lab] = q
     # a cap scales every class's quota down alike (largest remainders first), so the held-out part
-    # keeps the class balance of the ratio split
+    # keeps the class balance of the ratio split; when the cap leaves room for one item per class, every
+    # class that had a quota keeps one (a small class would otherwise round to zero under a tight cap)
     total = sum(quota.values())
     if k < total:
-        exact = {lab: q * k / total for lab, q in quota.items()}
-        quota = {lab: int(v) for lab, v in exact.items()}
+        held = [lab for lab, q in quota.items() if q > 0]
+        floor = {lab: 1 for lab in held} if k >= len(held) else {}
+        extra = {lab: q - floor.get(lab, 0) for lab, q in quota.items()}
+        k_extra, t_extra = k - len(floor), sum(extra.values())
+        exact = {lab: e * k_extra / t_extra if t_extra else 0.0 for lab, e in extra.items()}
+        quota = {lab: floor.get(lab, 0) + int(v) for lab, v in exact.items()}
         rest = k - sum(quota.values())
-        for lab in sorted(exact, key=lambda x: (-(exact[x] - quota[x]), x))[:rest]:
+        for lab in sorted(exact, key=lambda x: (-(exact[x] - int(exact[x])), x))[:rest]:
             quota[lab] += 1
     return {i for lab, idx in by.items() for i in idx[:quota[lab]]}
 

@@ -112,7 +112,9 @@ def load_sequence_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     beyond = max(0, len(train) - data_cfg.max_samples) if data_cfg.max_samples else 0
     if data_cfg.max_samples:
         train = train[: data_cfg.max_samples]
+    n1 = len(rejects)
     ev = read_text_labels(data_cfg.eval, data_cfg, rejects) if data_cfg.eval else None
+    n_read += len(ev or []) + len(rejects) - n1  # the eval file's records count too (its rejects and unused do)
     train, ev, unused = _split_or_cap(train, data_cfg, seed, ev, key=lambda x: x.label)
     labels = sort_labels(x.label for x in train)
     if len(labels) < 2:
@@ -147,7 +149,8 @@ def _valid_sentences(sents: list[Sentence], scheme: str, rejects: list) -> list[
             rejects.append({"source": s.source, "line": s.line,
                             "reason": f"tag '{bad}' is not valid in data.label_scheme={scheme}"})
             continue
-        if not s.tokens:
+        if not s.tokens:  # counted, never dropped silently
+            rejects.append({"source": s.source, "line": s.line, "reason": "no tokens"})
             continue
         out.append(s)
     return out
@@ -166,7 +169,10 @@ def load_token_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     beyond = max(0, len(train) - data_cfg.max_samples) if data_cfg.max_samples else 0
     if data_cfg.max_samples:
         train = train[: data_cfg.max_samples]
-    ev = _valid_sentences(read_tagged(data_cfg.eval, **kw), data_cfg.label_scheme, rejects) if data_cfg.eval else None
+    n1 = len(rejects)
+    ev = read_tagged(data_cfg.eval, **kw) if data_cfg.eval else None
+    n_read += len(ev or []) + len(rejects) - n1  # the eval file's records count too (its rejects and unused do)
+    ev = _valid_sentences(ev, data_cfg.label_scheme, rejects) if ev is not None else None
     train, ev, unused = _split_or_cap(train, data_cfg, seed, ev)
     labels = tag_order(t for s in train for t in s.tags)
     if len(labels) < 2:

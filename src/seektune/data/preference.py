@@ -79,8 +79,8 @@ def read_pairs(path: str | Path, fmt: str = "auto", system_prompt: str | None = 
                rejects: list | None = None, limit: int | None = None) -> tuple[list[Pair], int]:
     """All usable pairs of a file, and how many records were read; the rest land in `rejects`."""
     rejects = rejects if rejects is not None else []
-    pairs, read = [], 0
-    for rec in read_records(path, on_error="collect", errors=rejects):
+    pairs, read, malformed = [], 0, []
+    for rec in read_records(path, on_error="collect", errors=malformed):
         read += 1
         if fmt == "auto":
             fmt = detect_preference_format(rec.data)
@@ -94,6 +94,8 @@ def read_pairs(path: str | Path, fmt: str = "auto", system_prompt: str | None = 
             rejects.append({"source": rec.source, "line": rec.line, "reason": str(e)})
         if limit and len(pairs) >= limit:
             break
+    read += len(malformed)  # malformed lines are read (and rejected) too
+    rejects.extend(malformed)
     if not pairs:
         raise DataError(f"{path}: no usable preference pairs ({len(rejects)} rejected)")
     return pairs, read
@@ -110,8 +112,9 @@ def load_preference_data(data_cfg, seed: int) -> PreferenceData:
         ev, n = read_pairs(data_cfg.eval, data_cfg.format, data_cfg.system_prompt, rejects)
         read += n
         cap = cap_eval_file(len(ev), data_cfg.max_eval_samples, seed)
-        unused = [{"where": ev[i].where, "reason": f"beyond data.max_eval_samples={data_cfg.max_eval_samples}"}
-                  for i in cap.unused]
+        # the same {source, line, reason} rows as every other loader's unused_eval.jsonl
+        unused = [{"source": ev[i].where.rsplit(":", 1)[0], "line": int(ev[i].where.rsplit(":", 1)[1]),
+                   "reason": f"beyond data.max_eval_samples={data_cfg.max_eval_samples}"} for i in cap.unused]
         ev = [ev[i] for i in cap.used]
     else:
         h = holdout(len(train), data_cfg.eval_ratio, seed, data_cfg.max_eval_samples)

@@ -76,7 +76,8 @@ def _convert(records, fmt: str, system_prompt, rejects: list) -> list[tuple[Reco
         try:
             out.append((rec, to_messages(rec, fmt, system_prompt)))
         except DataError as e:
-            rejects.append({"source": rec.source, "line": rec.line, "reason": str(e).split(": ", 1)[-1]})
+            # drop the file:line prefix only (the reason itself may hold ": ")
+            rejects.append({"source": rec.source, "line": rec.line, "reason": str(e).removeprefix(f"{rec.where}: ")})
     return out
 
 
