@@ -39,11 +39,12 @@ def _user_errors():
     from ..data.io import DataError
     from ..data.templates import TemplateError
     from ..engine.artifacts import ArtifactError
+    from ..eval.rewards import RewardError
     from ..export.errors import ExportError
     from ..models.adapters import AdapterError
     from ..models.presets import ModelError
 
-    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError, ArtifactError)
+    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError, ArtifactError, RewardError)
 
 
 @app.command()

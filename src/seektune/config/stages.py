@@ -18,6 +18,7 @@ from fnmatch import fnmatchcase
 
 from .options import StageOptions
 from .options.dpo import DPOOptions
+from .options.grpo import GRPOOptions
 from .options.ppo import PPOOptions
 from .options.rm import RMOptions
 
@@ -77,6 +78,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
              "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.save_steps",
              "train.keep_checkpoints"),
           data="preference", multi_process=False),
+    Stage("grpo", "reinforcement learning with verifiable rewards (GRPO, the DeepSeek-R1 method; trl GRPOTrainer)",
+          "seektune.stages.grpo", GRPOOptions,
+          ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + ("eval.batch_size", "eval.before_after")),
 ]}
 
 

@@ -13,7 +13,7 @@ parsers existed). A format knows:
 - `messages(rec)`: chat messages for training (SFT family), with reasoning split off the answer;
 - `prompt_keys(d)` / `map_prompts(d, fn)`: the user-side strings, editable in place.
 
-Families: `sft` (alpaca, dolly, sharegpt, messages, qa), `preference` (pairs, sharegpt, hh),
+Families: `sft` (alpaca, dolly, sharegpt, messages, qa, mcq), `preference` (pairs, sharegpt, hh),
 `labelled` (classification rows) and `tagged` (NER records). Format names are unique except that
 `sharegpt` also names the preference form inside the preference family (as LLaMA-Factory does).
 """
@@ -293,6 +293,53 @@ class QA(Format):
         return [k for k in (_first(d, QA_PROMPT_KEYS),) if k]
 
 
+class MCQ(Format):
+    """Multiple choice: a question, lettered options and the answer letter (CMMLU's `Question,A,B,C,D,Answer`).
+
+    As a chat sample the user sees the question and its options, and the assistant answers with the letter."""
+
+    name, family, priority = "mcq", "sft", 75
+    description = "multiple choice: Question + option columns A, B, C, D (...) + Answer letter (CMMLU, C-Eval)"
+    LETTERS = "ABCDEFGHIJ"
+
+    @staticmethod
+    def _key(d: dict, name: str) -> str | None:
+        return next((k for k in d if k.lower() == name), None)
+
+    def options(self, d: dict) -> list[tuple[str, str]]:
+        return [(x, text(d[x])) for x in self.LETTERS if x in d and text(d[x]).strip()]
+
+    def matches(self, d):
+        return self._key(d, "question") is not None and self._key(d, "answer") is not None and \
+            sum(1 for x in "ABCD" if x in d) >= 2
+
+    def missing(self, d):
+        return [k for k in ("question", "answer") if self._key(d, k) is None or d.get(self._key(d, k)) is None]
+
+    def answer(self, d) -> str:
+        return text(d.get(self._key(d, "answer"))).strip().upper()
+
+    def prompt(self, d) -> str:
+        from .reasoning import is_mostly_cjk
+
+        q = text(d.get(self._key(d, "question"))).strip()
+        opts = "\n".join(f"{x}. {t}" for x, t in self.options(d))
+        ask = "请直接给出正确选项的字母。" if is_mostly_cjk(q) else "Answer with the letter of the correct option."
+        return f"{q}\n{opts}\n{ask}"
+
+    def turns(self, d):
+        return [("user", self.prompt(d)), ("assistant", self.answer(d))]
+
+    def messages(self, rec):
+        return [{"role": "user", "content": self.prompt(rec.data)}, {"role": "assistant", "content": self.answer(rec.data)}]
+
+    def prompt_keys(self, d):
+        return [k for k in (self._key(d, "question"),) if k]
+
+    def label(self, d):
+        return self.answer(d)
+
+
 # ------------------------------------------------------------------------------------------
 # Preference family: prompt messages + chosen + rejected
 # ------------------------------------------------------------------------------------------
@@ -439,7 +486,7 @@ class NER(Format):
 # ------------------------------------------------------------------------------------------
 
 REGISTRY: list[Format] = sorted([Messages(), PreferenceShareGPT(), ShareGPT(), Pairs(), HH(), NER(), Classification(),
-                                 Alpaca(), Dolly(), QA()], key=lambda f: f.priority)
+                                 MCQ(), Alpaca(), Dolly(), QA()], key=lambda f: f.priority)
 SFT_FORMATS = tuple(f.name for f in REGISTRY if f.family == "sft")
 PREFERENCE_FORMATS = tuple(f.name for f in REGISTRY if f.family == "preference")
 KINDS = tuple(dict.fromkeys(f.name for f in REGISTRY))  # every name, for `--kind` options

@@ -10,7 +10,15 @@ it natively; the others get it folded back into the content, so it is trained ei
 
 from __future__ import annotations
 
+import re
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def is_mostly_cjk(text: str, share: float = 0.3) -> bool:
+    chars = len(re.sub(r"\s", "", text))
+    return chars > 0 and len(_CJK.findall(text)) / chars >= share
 
 
 def split_think(text: str) -> tuple[str | None, str]:

@@ -69,7 +69,7 @@ class MetricsLogger(TrainerCallback):
         for k, v in logs.items():
             if isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)):
                 rec[_RENAME.get(k, k)] = v
-        if "loss" in rec and self.counter is not None and self._last is not None:
+        if "loss" in rec and self.counter is not None and self._last is not None and self.counter.padded:
             now, real = time.time(), self.counter.real
             dt = max(1e-9, now - self._last[0])
             rec["tokens_per_s"] = round((real - self._last[1]) / dt, 2)

@@ -78,8 +78,11 @@ def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
 
 
 def generate_texts(model, tokenizer, template, prompts: list[list[dict]], settings: GenerationSettings,
-                   on_batch: Callable[[int], None] | None = None) -> list[str]:
-    """Generate one assistant reply per prompt (a list of chat messages ending before the reply)."""
+                   on_batch: Callable[[int], None] | None = None, details: list | None = None) -> list[str]:
+    """Generate one assistant reply per prompt (a list of chat messages ending before the reply).
+
+    details: when a list is given, it receives per prompt {"tokens": generated token count, "stopped":
+    whether an end-of-turn token ended the reply (False = cut at max_new_tokens)}, in prompt order."""
     if not prompts:
         return []
     texts = [template.prompt(m) for m in prompts]
@@ -91,6 +94,7 @@ def generate_texts(model, tokenizer, template, prompts: list[list[dict]], settin
     stop_set = set(stops)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     out: list[str | None] = [None] * len(enc)
+    info: list[dict | None] = [None] * len(enc)
     was_training = model.training
     model.eval()
     kwargs = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
@@ -108,13 +112,17 @@ def generate_texts(model, tokenizer, template, prompts: list[list[dict]], settin
                 gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
                 new = gen[:, ids.shape[1]:].tolist()
                 for i, row in zip(idx, new):
-                    text = tokenizer.decode(_cut_at_stop(row, stop_set), skip_special_tokens=True)
+                    kept = _cut_at_stop(row, stop_set)
+                    info[i] = {"tokens": len(kept), "stopped": len(kept) < len(row), "ids": kept}
+                    text = tokenizer.decode(kept, skip_special_tokens=True)
                     # a max_new_tokens cut can split a multi-byte character: drop the broken tail
                     out[i] = text.rstrip("\ufffd").strip()
                 if on_batch:
                     on_batch(len(idx))
     finally:
         model.train(was_training)
+    if details is not None:
+        details.extend(info)
     return [o or "" for o in out]
 
 

@@ -1,0 +1,247 @@
+"""train.stage: grpo: reinforcement learning with verifiable rewards (GRPO, the DeepSeek-R1 method) on
+trl's GRPOTrainer.
+
+For every prompt the policy samples `grpo.num_generations` completions; the reward functions
+(eval/rewards.py) score them; advantages are the rewards normalised within the group, so no value
+model is needed; the loss is trl's (grpo, dr_grpo, dapo or bnpo; GSPO with sequence-level ratios).
+Prompts are rendered with our chat template and handed to trl as text, so the DeepSeek-R1
+template's prompt ends in `<think>` exactly as R1's own does; the reasoning is generated, scored
+(think_format) and trained, and the accuracy rewards read only the answer after `</think>`.
+
+The silent failures users report are caught: every logged step carries each reward's mean and
+spread, the share of groups whose rewards are all equal (no learning signal), the share of
+completions cut at max_completion_length, completion length and (beta > 0) the KL; a warning is
+raised when the cut share or the no-signal share stays above its threshold for several steps
+(trl#5697: 97-99% truncated completions got reward 0 and nobody noticed).
+Evidence: every reward's mean on held-out prompts with greedy decoding, before and after, and the
+held-out cut share; sample completions with their rewards go into the report.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+from ..data.prompts import load_prompt_data
+from ..data.templates import get_template
+from ..engine.run import RunFolder
+from ..engine.summary import StageResult, evidence, make_summary
+from ..engine.trainer import SeekTrainerMixin
+from ..eval.generation import GenerationSettings, generate_texts
+from ..data.io import DataError
+from ..eval.rewards import Context, build_rewards
+from ..models.adapters import apply_adapter
+from ..models.loader import load_model
+from ..utils.console import log
+from ..utils.threads import configure_threads
+from .common import trl_trainer
+
+
+def _trainer_cls():
+    from trl import GRPOTrainer
+
+    class SeekGRPOTrainer(SeekTrainerMixin, GRPOTrainer):
+        """trl's GRPOTrainer on the engine (schedules, NaN guard, crash-safe checkpoints, monitors)."""
+
+    return SeekGRPOTrainer
+
+
+class RolloutMonitor(TrainerCallback):
+    """Warns when the rollouts stop teaching: completions cut at the length limit, or groups without signal."""
+
+    def __init__(self, opts, health):
+        self.o, self.health = opts, health
+        self.streak = {"completions/clipped_ratio": 0, "frac_reward_zero_std": 0}
+        self.warned: set[str] = set()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs:
+            return
+        limits = {"completions/clipped_ratio": self.o.warn_truncated_share,
+                  "frac_reward_zero_std": self.o.warn_zero_signal_share}
+        for key, limit in limits.items():
+            v = logs.get(key)
+            if not isinstance(v, (int, float)):
+                continue
+            self.streak[key] = self.streak[key] + 1 if v > limit else 0
+            if self.streak[key] >= self.o.warn_after and key not in self.warned:
+                self.warned.add(key)
+                if key == "completions/clipped_ratio":
+                    self.health.warn(
+                        f"step {state.global_step}: {100 * v:.0f}% of completions were cut at grpo.max_completion_length="
+                        f"{self.o.max_completion_length} for {self.streak[key]} logged steps: a cut reply never reaches "
+                        "its answer, so accuracy rewards are 0. Raise grpo.max_completion_length, ask for shorter "
+                        "reasoning in the prompt, add overlong_penalty, or set grpo.mask_truncated_completions")
+                else:
+                    self.health.warn(
+                        f"step {state.global_step}: {100 * v:.0f}% of prompt groups had all-equal rewards for "
+                        f"{self.streak[key]} logged steps: no learning signal. The prompts are too hard or too easy "
+                        "for the model, the reward cannot tell replies apart, or grpo.num_generations is too small")
+
+
+def _rows(items, texts) -> list[dict]:
+    rows = []
+    for it, text in zip(items, texts):
+        rows.append({**it.columns, "prompt": text, "reference": it.reference or ""})
+    keys = sorted({k for r in rows for k in r})
+    return [{k: r.get(k) for k in keys} for r in rows]  # one schema for datasets
+
+
+def _columns(rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if k != "prompt"] if rows else []
+    return {k: [r[k] for r in rows] for k in keys}
+
+
+def heldout(model, tok, template, items, texts: list[str], rewards, opts, cfg) -> dict:
+    """Greedy completions of the held-out prompts, scored by every reward; plus the share cut at the limit."""
+    if not items:
+        return {}
+    settings = GenerationSettings(max_new_tokens=opts.max_completion_length, batch_size=cfg.eval.batch_size,
+                                  seed=cfg.train.seed)
+    details: list = []
+    completions = generate_texts(model, tok, template, [it.prompt for it in items], settings, details=details)
+    ids = [d["ids"] for d in details]
+    rows = _rows(items, texts)
+    cols = _columns(rows)
+    scores, per = {}, {}
+    for r in rewards:
+        vals = r(texts, completions, completion_ids=ids, **cols)
+        per[r.name] = vals
+        got = [v for v in vals if v is not None]
+        scores[r.name] = round(sum(got) / len(got), 4) if got else None
+    scores["truncated_share"] = round(sum(1 for d in details if not d["stopped"]) / len(details), 4)
+    scores["mean_tokens"] = round(sum(d["tokens"] for d in details) / len(details), 1)
+    samples = [{"where": it.where, "prompt": it.prompt[-1]["content"], "reference": it.reference or "",
+                "completion": c, "rewards": {k: per[k][i] for k in per}}
+               for i, (it, c) in enumerate(zip(items, completions))]
+    return {"scores": scores, "samples": samples, "n": len(items)}
+
+
+def _use_vllm(opts) -> bool:
+    if opts.generation == "vllm":
+        return True
+    return opts.generation == "auto" and torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = None) -> StageResult:
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    o = cfg.grpo
+    # 1. setup: model, template, prompts, rewards
+    threads = configure_threads(cfg.train.num_threads)
+    set_seed(cfg.train.seed)
+    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout)
+    template = get_template(cfg.data.template, tok)
+    data = load_prompt_data(cfg.data, cfg.train.seed)
+    rejects = list(data.rejects)
+    train = _fit(data.train, template, tok, o.max_prompt_length, rejects)
+    ev = _fit(data.eval, template, tok, o.max_prompt_length, rejects)
+    stats = {**data.stats, "train": len(train[0]), "eval": len(ev[0]), "rejected": len(rejects)}
+    stats["accounting"] = (f"{stats['read']} read = train {stats['train']} + eval {stats['eval']} + rejected "
+                           f"{stats['rejected']}" + (f" + unused eval {stats['unused_eval']}" if data.unused else ""))
+    run.write_rejects(rejects, data.unused)
+    log(f"prompts: {stats['accounting']}; {stats['with_reference']} with a reference answer; template {template.name}"
+        + (" (the prompt opens <think>)" if template.opens_think else "") + f"; threads {threads}")
+    if not train[0]:
+        raise DataError(f"no training prompt fits grpo.max_prompt_length={o.max_prompt_length}")
+    model, rep = apply_adapter(model, cfg.adapter, "causal_lm", log=log)
+    for line in rep.lines():
+        log(line)
+    if hasattr(model.config, "router_aux_loss_coef"):  # Qwen-MoE / Mixtral: trl adds the router aux loss
+        model.config.output_router_logits = True
+        log(f"MoE: router aux loss passed through (coefficient {model.config.router_aux_loss_coef})")
+    rewards = build_rewards(o.rewards, Context(template.opens_think, o.max_completion_length))
+    _preflight(rewards, train)
+    log("rewards: " + ", ".join(f"{r.name} x{w}" for r, w in zip(rewards, o.reward_weights or [1.0] * len(rewards))))
+    use_vllm = _use_vllm(o)
+    before = run.before("heldout", lambda: heldout(model, tok, template, ev[0], ev[1], rewards, o, cfg))
+    if before:
+        log("held-out before (greedy): " + ", ".join(f"{k} {v}" for k, v in before["scores"].items()))
+    trainer, health, counter = trl_trainer(
+        _trainer_cls(), GRPOConfig, cfg, run, model, tok, Dataset.from_list(_rows(train[0], train[1])), None,
+        progress, [*(callbacks or [])], tokens_per_batch=cfg.train.batch_size * (o.max_prompt_length
+                                                                                  + o.max_completion_length),
+        trainer_kw={"reward_funcs": rewards},
+        num_generations=o.num_generations, max_completion_length=o.max_completion_length, loss_type=o.loss_type,
+        importance_sampling_level=o.importance_sampling_level, beta=o.beta, epsilon=o.epsilon,
+        epsilon_high=o.epsilon_high, scale_rewards=o.scale_rewards, num_iterations=o.num_iterations,
+        temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, reward_weights=o.reward_weights,
+        mask_truncated_completions=o.mask_truncated_completions, use_vllm=use_vllm,
+        disable_dropout=o.disable_dropout, log_completions=False, shuffle_dataset=True)
+    trainer.add_callback(RolloutMonitor(o, health))
+    log(f"grpo: {o.num_generations} completions per prompt, {cfg.train.batch_size * cfg.train.grad_accum // o.num_generations}"
+        f" prompt(s) per step, loss {o.loss_type}" + (" (GSPO: sequence-level ratios)" if o.importance_sampling_level
+                                                      == "sequence" else "") + f", beta {o.beta}, rollouts by "
+        + ("vLLM" if use_vllm else "transformers generate"))
+
+    # 2. train
+    t_train = time.time()
+    out = trainer.train(resume_from_checkpoint=run.resume_from)
+    train_s = time.time() - t_train
+    after = heldout(trainer.model, tok, template, ev[0], ev[1], rewards, o, cfg) if cfg.eval.before_after else {}
+    if after:
+        log("held-out after (greedy): " + ", ".join(f"{k} {v}" for k, v in after["scores"].items()))
+
+    # 3. save
+    trainer.model.config.use_cache = True
+    run.save_final(lambda d: (trainer.save_model(str(d)), run.main and tok.save_pretrained(str(d))))
+    samples = (after or before or {}).get("samples", [])[: o.report_samples]
+    if run.main and samples:
+        from ..data.io import write_jsonl
+
+        write_jsonl(run.path / "samples.jsonl", (after or before)["samples"])
+
+    # 4. summary
+    rows = []
+    if before and after:
+        for name in before["scores"]:
+            better = "lower" if name in ("truncated_share", "mean_tokens") else "higher"
+            if name == "mean_tokens":
+                continue
+            rows.append(evidence(f"held-out {name} (greedy)", before["scores"][name], after["scores"][name], better,
+                                 after["n"], key=name))
+    reward_keys = [f"rewards/{r.name}/mean" for r in rewards]
+    summary = make_summary(
+        "grpo", cfg, adapter_report=rep, model_path=model_path, data=stats, steps=trainer.state.global_step,
+        train_loss=out.training_loss, train_seconds=train_s, threads=threads, final=str(run.final),
+        warnings=health.warnings, resumed_from=run.resume_from, evidence_rows=rows,
+        curves=[{"title": "GRPO: reward per function (training rollouts)", "keys": ["reward", *reward_keys]},
+                {"title": "GRPO: cut at the length limit / groups without signal",
+                 "keys": ["completions/clipped_ratio", "frac_reward_zero_std"]},
+                {"title": "GRPO: completion length", "keys": ["completions/mean_length"]},
+                {"title": "GRPO: KL to the reference", "keys": ["kl"]}],
+        rewards=[r.name for r in rewards], reward_weights=o.reward_weights, loss_type=o.loss_type,
+        importance_sampling_level=o.importance_sampling_level, num_generations=o.num_generations,
+        rollouts="vllm" if use_vllm else "transformers", heldout_before=(before or {}).get("scores"),
+        heldout_after=(after or {}).get("scores"), samples=samples, nonfinite_skipped=health.nonfinite_total)
+    return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
+
+
+def _fit(items, template, tok, max_prompt: int, rejects: list) -> tuple[list, list[str]]:
+    """(items, rendered prompts) that fit max_prompt tokens; the others become rejects (never cut)."""
+    keep, texts = [], []
+    for it in items:
+        text = template.prompt(it.prompt)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        if n > max_prompt:
+            src, line = it.where.rsplit(":", 1)
+            rejects.append({"source": src, "line": int(line), "reason": f"prompt has {n} tokens > "
+                            f"grpo.max_prompt_length={max_prompt}"})
+            continue
+        keep.append(it)
+        texts.append(text)
+    return keep, texts
+
+
+def _preflight(rewards, train) -> None:
+    """Call every reward once on two dummy completions of real prompts, so a broken reward stops the run
+    before any rollout is spent on it (RewardError names the function)."""
+    items, texts = train
+    rows = _rows(items[:1] * 2, texts[:1] * 2)
+    cols = _columns(rows)
+    for r in rewards:
+        r([rows[0]["prompt"]] * 2, ["", "0"], completion_ids=[[], [0]], **cols)
