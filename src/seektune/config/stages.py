@@ -19,6 +19,9 @@ from fnmatch import fnmatchcase
 from .options import StageOptions
 from .options.dpo import DPOOptions
 from .options.grpo import GRPOOptions
+from .options.kto import KTOOptions
+from .options.orpo import ORPOOptions
+from .options.simpo import SimPOOptions
 from .options.ppo import PPOOptions
 from .options.rm import RMOptions
 
@@ -78,6 +81,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
              "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.save_steps",
              "train.keep_checkpoints"),
           data="preference", multi_process=False),
+    Stage("kto", "Kahneman-Tversky optimisation on desirable/undesirable replies or split pairs (trl KTOTrainer)",
+          "seektune.stages.kto", KTOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP, data="preference"),
+    Stage("orpo", "odds-ratio preference optimisation, no reference model (trl.experimental ORPOTrainer)",
+          "seektune.stages.orpo", ORPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP, data="preference"),
+    Stage("simpo", "SimPO / CPO: reference-free, length-normalised preference loss (trl.experimental CPOTrainer)",
+          "seektune.stages.simpo", SimPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
+          data="preference"),
     Stage("grpo", "reinforcement learning with verifiable rewards (GRPO, the DeepSeek-R1 method; trl GRPOTrainer)",
           "seektune.stages.grpo", GRPOOptions,
           ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + ("eval.batch_size", "eval.before_after")),

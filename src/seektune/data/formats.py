@@ -13,7 +13,7 @@ parsers existed). A format knows:
 - `messages(rec)`: chat messages for training (SFT family), with reasoning split off the answer;
 - `prompt_keys(d)` / `map_prompts(d, fn)`: the user-side strings, editable in place.
 
-Families: `sft` (alpaca, dolly, sharegpt, messages, qa, mcq), `preference` (pairs, sharegpt, hh),
+Families: `sft` (alpaca, dolly, sharegpt, messages, qa, mcq), `preference` (pairs, sharegpt, hh, unpaired),
 `labelled` (classification rows) and `tagged` (NER records). Format names are unique except that
 `sharegpt` also names the preference form inside the preference family (as LLaMA-Factory does).
 """
@@ -440,6 +440,43 @@ class HH(PreferenceFormat):
         return split_hh(text(d.get("chosen")))[1], split_hh(text(d.get("rejected")))[1]
 
 
+class Unpaired(PreferenceFormat):
+    """One reply with a desirable/undesirable label (KTO's unpaired form, trl's `prompt/completion/label`)."""
+
+    name, priority = "unpaired", 45
+    description = "prompt + completion + label (true/false, 1/0, good/bad): KTO's unpaired form"
+
+    def matches(self, d):
+        return {"prompt", "completion", "label"} <= set(d)
+
+    def missing(self, d):
+        return [k for k in ("prompt", "completion", "label") if d.get(k) is None]
+
+    def prompt_messages(self, d):
+        p = d.get("prompt")
+        if isinstance(p, list):
+            return [{"role": str(m.get("role")), "content": text(m.get("content"))} for m in p]
+        return [{"role": "user", "content": text(p)}]
+
+    def turns(self, d):
+        return [(m["role"], m["content"]) for m in self.prompt_messages(d) if m["role"] != "system"] + \
+            [("assistant", _side(d.get("completion")))]
+
+    def desirable(self, d) -> bool:
+        v = d.get("label")
+        if isinstance(v, bool):
+            return v
+        s = str(v).strip().lower()
+        if s in ("true", "1", "good", "desirable", "yes", "chosen"):
+            return True
+        if s in ("false", "0", "bad", "undesirable", "no", "rejected"):
+            return False
+        raise ValueError(f"label {v!r} is neither desirable (true/1/good) nor undesirable (false/0/bad)")
+
+    def label(self, d):
+        return d.get("label")
+
+
 # ------------------------------------------------------------------------------------------
 # Labelled rows and tagged sentences
 # ------------------------------------------------------------------------------------------
@@ -486,7 +523,7 @@ class NER(Format):
 # ------------------------------------------------------------------------------------------
 
 REGISTRY: list[Format] = sorted([Messages(), PreferenceShareGPT(), ShareGPT(), Pairs(), HH(), NER(), Classification(),
-                                 MCQ(), Alpaca(), Dolly(), QA()], key=lambda f: f.priority)
+                                 MCQ(), Alpaca(), Dolly(), QA(), Unpaired()], key=lambda f: f.priority)
 SFT_FORMATS = tuple(f.name for f in REGISTRY if f.family == "sft")
 PREFERENCE_FORMATS = tuple(f.name for f in REGISTRY if f.family == "preference")
 KINDS = tuple(dict.fromkeys(f.name for f in REGISTRY))  # every name, for `--kind` options

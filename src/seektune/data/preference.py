@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats import PREFERENCE_FORMATS, PreferenceFormat, detect, get_format, split_hh  # noqa: F401 (re-export)
+from .formats import PREFERENCE_FORMATS, PreferenceFormat, _side, detect, get_format, split_hh  # noqa: F401 (re-export)
 from .holdout import cap_eval_file, holdout
 from .io import DataError, Record, read_records
 
@@ -84,7 +84,10 @@ def read_pairs(path: str | Path, fmt: str = "auto", system_prompt: str | None = 
         read += 1
         if fmt == "auto":
             fmt = detect_preference_format(rec.data)
-        elif fmt not in PREFERENCE_FORMATS:
+        if fmt == "unpaired":
+            raise DataError(f"{rec.where}: unpaired examples (prompt/completion/label) train with train.stage: kto; "
+                            "this stage needs chosen/rejected pairs")
+        if fmt not in PREFERENCE_FORMATS:
             raise DataError(f"data.format: '{fmt}' is not a preference format ({', '.join(PREFERENCE_FORMATS)})")
         try:
             pairs.append(to_pair(rec, fmt, system_prompt))
@@ -179,3 +182,61 @@ def prepare_pairs(data_cfg, tok, template, seed: int, max_prompt_length: int, pr
     if not train:
         raise DataError("no training pairs fit data.max_length / max_prompt_length; raise them")
     return train, ev, stats, rejects, data.unused
+
+
+@dataclass
+class Labelled:
+    """One reply with a desirable/undesirable label, rendered (KTO)."""
+
+    prompt: str
+    completion: str
+    desirable: bool
+    where: str = ""
+
+
+def prepare_unpaired(data_cfg, tok, template, seed: int, max_prompt_length: int):
+    """KTO's examples: unpaired records as they are, preference pairs split into a desirable and an
+    undesirable reply. Returns (train, eval, eval_pairs, stats, rejects, unused); eval_pairs holds the
+    held-out pairs when the data is paired (for the common pair accuracy), else []."""
+    first = next(iter(read_records(data_cfg.train, on_error="collect", errors=[])), None)
+    fmt = data_cfg.format
+    if fmt == "auto" and first is not None:
+        fmt = detect_preference_format(first.data)
+    if fmt != "unpaired":
+        train, ev, stats, rejects, unused = prepare_pairs(data_cfg, tok, template, seed, max_prompt_length)
+        split = lambda ps: [x for p in ps for x in (Labelled(p.prompt, p.chosen, True, p.where),  # noqa: E731
+                                                     Labelled(p.prompt, p.rejected, False, p.where))]
+        return split(train), split(ev), ev, {**stats, "examples": 2 * stats["train"]}, rejects, unused
+    f = get_format("unpaired", "preference")
+    rejects: list[dict] = []
+    rows: list[Labelled] = []
+    read = 0
+    for rec in read_records(data_cfg.train, on_error="collect", errors=rejects):
+        read += 1
+        try:
+            prompt = f.prompt_messages(rec.data)
+            if data_cfg.system_prompt and not any(m["role"] == "system" for m in prompt):
+                prompt.insert(0, {"role": "system", "content": data_cfg.system_prompt})
+            completion = _side(rec.data.get("completion")).strip()
+            if not completion:
+                raise ValueError("empty completion")
+            text_prompt = template.prompt(prompt)
+            full = template.render(prompt + [{"role": "assistant", "content": completion}])
+            done = full.text[len(text_prompt):full.spans[-1][1]] if full.text.startswith(text_prompt) else completion
+            n = len(tok(text_prompt, add_special_tokens=False)["input_ids"])
+            if n > min(max_prompt_length, data_cfg.max_length - 1):
+                raise ValueError(f"prompt has {n} tokens > max_prompt_length={max_prompt_length}")
+            rows.append(Labelled(text_prompt, done, f.desirable(rec.data), rec.where))
+        except (ValueError, TypeError, AttributeError) as e:
+            rejects.append({"source": rec.source, "line": rec.line, "reason": str(e)})
+        if data_cfg.max_samples and len(rows) >= data_cfg.max_samples:
+            break
+    h = holdout(len(rows), data_cfg.eval_ratio, seed, data_cfg.max_eval_samples,
+                key=lambda i: rows[i].desirable)
+    train, ev = [rows[i] for i in h.train], [rows[i] for i in h.eval]
+    stats = {"read": read, "train": len(train), "eval": len(ev), "rejected": len(rejects), "unused_eval": 0,
+             "desirable": sum(r.desirable for r in train), "undesirable": sum(not r.desirable for r in train)}
+    stats["accounting"] = f"{read} read = train {len(train)} + eval {len(ev)} + rejected {len(rejects)}"
+    if not train:
+        raise DataError(f"{data_cfg.train}: no usable unpaired examples ({len(rejects)} rejected)")
+    return train, ev, [], stats, rejects, []

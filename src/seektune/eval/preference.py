@@ -80,3 +80,47 @@ def load_reward_model(spec: str, log=print):
     for q in model.parameters():
         q.requires_grad_(False)
     return model, tok
+
+
+@torch.no_grad()
+def completion_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 8) -> list[float]:
+    """Mean per-token log-probability of each completion after its prompt (the policy alone, no reference)."""
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    try:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        for i in range(0, len(prompts), batch_size):
+            rows = []
+            for p, c in zip(prompts[i:i + batch_size], completions[i:i + batch_size]):
+                pi = tok(p, add_special_tokens=False)["input_ids"]
+                ci = tok(c, add_special_tokens=False)["input_ids"]
+                rows.append((pi + ci, len(pi)))
+            n = max(len(r) for r, _ in rows)
+            ids = torch.full((len(rows), n), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), n), dtype=torch.long)
+            for j, (r, _) in enumerate(rows):
+                ids[j, :len(r)] = torch.tensor(r)
+                mask[j, :len(r)] = 1
+            dev = next(model.parameters()).device
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1)
+            for j, (r, k) in enumerate(rows):
+                span = logp[j, k - 1:len(r) - 1]
+                out.append(float(span.mean()) if span.numel() else float("nan"))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def logp_preference(model, tok, pairs: list[RenderedPair], batch_size: int = 8) -> dict:
+    """Held-out preference of the policy itself: share of pairs whose chosen reply has the higher mean token
+    log-likelihood, and the mean margin. The same measure for every preference method (DPO, KTO, ORPO, SimPO
+    differ in what they optimise, not in what this reads), so their runs compare on one scale."""
+    if not pairs:
+        return {"accuracy": None, "margin": None, "pairs": 0}
+    lc = completion_logps(model, tok, [p.prompt for p in pairs], [p.chosen for p in pairs], batch_size)
+    lr = completion_logps(model, tok, [p.prompt for p in pairs], [p.rejected for p in pairs], batch_size)
+    d = [a - b for a, b in zip(lc, lr)]
+    return {"accuracy": round(sum(x > 0 for x in d) / len(d), 4), "margin": round(sum(d) / len(d), 4),
+            "pairs": len(pairs)}

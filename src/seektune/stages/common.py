@@ -45,3 +45,30 @@ def trl_trainer(trainer_cls, config_cls, cfg, run: RunFolder, model, tok, train_
                           pad_token_id=tok.pad_token_id, **(trainer_kw or {}))
     attach(trainer, cbs)
     return trainer, health, counter
+
+
+def experimental(name: str):
+    """Import a trl.experimental trainer module with its warning turned into one clear line."""
+    import importlib
+    import os
+
+    from ..utils.console import warn
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import trl
+
+    warn(f"{name} runs on trl.experimental (trl {trl.__version__}, pinned): its API may change between trl releases")
+    return importlib.import_module(f"trl.experimental.{name}")
+
+
+def preference_evidence(before: dict | None, after: dict | None) -> list[dict]:
+    """The held-out pair accuracy and margin of the policy's own log-likelihoods (eval/preference.py)."""
+    from ..engine.summary import evidence
+
+    if not (before and after and after.get("pairs")):
+        return []
+    n = after["pairs"]
+    return [evidence("held-out pair accuracy (policy log-likelihood)", before["accuracy"], after["accuracy"],
+                     "higher", n, key="logp_accuracy"),
+            evidence("held-out log-likelihood margin", before["margin"], after["margin"], "higher", n,
+                     key="logp_margin")]

@@ -21,7 +21,8 @@ from ..models.adapters import apply_adapter
 from ..models.loader import load_model
 from ..utils.console import log
 from ..utils.threads import configure_threads
-from .common import load_pairs, trl_trainer
+from ..eval.preference import logp_preference
+from .common import load_pairs, preference_evidence, trl_trainer
 
 
 def rows(pairs) -> list[dict]:
@@ -73,13 +74,16 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         disable_dropout=o.disable_dropout, precompute_ref_log_probs=False, remove_unused_columns=True)
 
     # 2. train
+    bs = cfg.train.eval_batch_size or cfg.train.batch_size
     before = run.before("heldout", lambda: heldout(trainer)) if ev else None
+    lp_before = run.before("logp_preference", lambda: logp_preference(trainer.model, tok, ev, bs)) if ev else None
     if before:
         log(f"held-out reward margin before training: {before['margin']:.4f} (accuracy {before['accuracy']:.3f})")
     t_train = time.time()
     out = trainer.train(resume_from_checkpoint=run.resume_from)
     train_s = time.time() - t_train
     after = heldout(trainer) if ev else None
+    lp_after = logp_preference(trainer.model, tok, ev, bs) if ev else None
     if after:
         log(f"held-out reward margin after training: {after['margin']:.4f} (accuracy {after['accuracy']:.3f})")
 
@@ -92,7 +96,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     if before and after:
         ev_rows = [evidence("held-out reward margin", before["margin"], after["margin"], "higher", len(ev), "margin"),
                    evidence("held-out pair accuracy", before["accuracy"], after["accuracy"], "higher", len(ev),
-                            "accuracy")]
+                            "accuracy")] + preference_evidence(lp_before, lp_after)
     summary = make_summary(
         "dpo", cfg, adapter_report=rep, model_path=model_path, data=stats, steps=trainer.state.global_step,
         train_loss=out.training_loss, train_seconds=train_s, threads=threads, final=str(run.final),
@@ -100,5 +104,6 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         curves=[{"title": "DPO: chosen - rejected reward and pair accuracy",
                  "keys": ["rewards/margins", "rewards/accuracies", "eval_rewards/margins"]}],
         loss_type=o.loss_type, beta=o.beta, heldout_before=before, heldout_after=after,
+        logp_before=lp_before, logp_after=lp_after,
         nonfinite_skipped=health.nonfinite_total)
     return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)

@@ -1,0 +1,73 @@
+"""train.stage: orpo: odds-ratio preference optimisation (trl.experimental ORPOTrainer).
+
+One loss, no reference model: the SFT loss on the chosen reply plus beta x the log odds ratio that
+prefers it over the rejected one. Evidence: the held-out pair accuracy and margin of the policy's own
+mean token log-likelihood (the measure every preference stage reports), before and after.
+"""
+
+from __future__ import annotations
+
+import time
+
+from transformers import set_seed
+
+from ..data.templates import get_template
+from ..engine.run import RunFolder
+from ..engine.summary import StageResult, make_summary
+from ..engine.trainer import SeekTrainerMixin
+from ..eval.preference import logp_preference
+from ..models.adapters import apply_adapter
+from ..models.loader import load_model
+from ..utils.console import log
+from ..utils.threads import configure_threads
+from .common import experimental, load_pairs, preference_evidence, trl_trainer
+from .dpo import rows
+
+
+def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = None) -> StageResult:
+    from datasets import Dataset
+
+    orpo = experimental("orpo")
+
+    class SeekORPOTrainer(SeekTrainerMixin, orpo.ORPOTrainer):
+        """trl's ORPOTrainer on the engine."""
+
+    o = cfg.orpo
+    # 1. setup
+    threads = configure_threads(cfg.train.num_threads)
+    set_seed(cfg.train.seed)
+    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout)
+    template = get_template(cfg.data.template, tok)
+    train, ev, stats = load_pairs(cfg, run, tok, template, o.max_prompt_length)
+    model, rep = apply_adapter(model, cfg.adapter, "causal_lm", log=log)
+    for line in rep.lines():
+        log(line)
+    bs = cfg.train.eval_batch_size or cfg.train.batch_size
+    before = run.before("logp_preference", lambda: logp_preference(model, tok, ev, bs))
+    log(f"held-out pair accuracy before training: {before['accuracy']} (margin {before['margin']})")
+    trainer, health, counter = trl_trainer(
+        SeekORPOTrainer, orpo.ORPOConfig, cfg, run, model, tok, Dataset.from_list(rows(train)), None, progress,
+        callbacks or [], tokens_per_batch=2 * cfg.train.batch_size * cfg.data.max_length, beta=o.beta,
+        max_length=cfg.data.max_length, max_completion_length=cfg.data.max_length, disable_dropout=o.disable_dropout,
+        remove_unused_columns=False)
+
+    # 2. train
+    t_train = time.time()
+    out = trainer.train(resume_from_checkpoint=run.resume_from)
+    train_s = time.time() - t_train
+    after = logp_preference(trainer.model, tok, ev, bs)
+    log(f"held-out pair accuracy after training: {after['accuracy']} (margin {after['margin']})")
+
+    # 3. save
+    trainer.model.config.use_cache = True
+    run.save_final(lambda d: (trainer.save_model(str(d)), run.main and tok.save_pretrained(str(d))))
+
+    # 4. summary
+    summary = make_summary(
+        "orpo", cfg, adapter_report=rep, model_path=model_path, data=stats, steps=trainer.state.global_step,
+        train_loss=out.training_loss, train_seconds=train_s, threads=threads, final=str(run.final),
+        warnings=health.warnings, resumed_from=run.resume_from, evidence_rows=preference_evidence(before, after),
+        curves=[{"title": "ORPO: log odds ratio and SFT loss", "keys": ["log_odds_ratio", "nll_loss",
+                                                                       "rewards/accuracies"]}],
+        beta=o.beta, heldout_before=before, heldout_after=after, nonfinite_skipped=health.nonfinite_total)
+    return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
