@@ -1,8 +1,9 @@
 """The one checkpoint client: staged writes, a completion marker, "newest complete", rotation.
 
-A checkpoint is written into `checkpoints/.staging/`, gets `seektune_complete.json` last, and is
-then renamed into place, so a `checkpoint-N` folder exists only whole: a run killed mid-save
-leaves no "latest" checkpoint that fails to load. HF-Trainer-based stages (trl's included, which
+A checkpoint is written into `checkpoints/.staging/`, gets `seektune_complete.json` last (its step,
+and how many lines metrics.jsonl held then: a resume keeps exactly those), and is then renamed into
+place, so a `checkpoint-N` folder exists only whole: a run killed mid-save leaves no "latest"
+checkpoint that fails to load. HF-Trainer-based stages (trl's included, which
 override `_save_checkpoint`) reach it through `SeekTrainerMixin`; stages with their own loop (ppo)
 call `save` with a writer function. Nothing pickled is written by seektune itself: tensors go to
 safetensors, state to JSON (HF's own optimizer/RNG files are loaded by it with weights_only=True).
@@ -47,8 +48,13 @@ class CheckpointClient:
         dst = self.folder / f"{PREFIX}-{step}"
         for junk in ("training_args.bin",):  # a full pickle of TrainingArguments, never read on resume
             (src / junk).unlink(missing_ok=True)
+        marker = {"step": step}
+        metrics = self.folder.parent / "metrics.jsonl"  # checkpoints/ sits in the run folder
+        if metrics.exists():
+            # what metrics.jsonl held when this checkpoint was taken: a resume keeps exactly these lines
+            marker["metrics_lines"] = metrics.read_bytes().count(b"\n")
         with open(src / COMPLETE, "w") as f:
-            json.dump({"step": step}, f)
+            json.dump(marker, f)
             f.flush()
             os.fsync(f.fileno())
         if dst.exists():

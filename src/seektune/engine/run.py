@@ -36,6 +36,15 @@ RUN_FILES = ("metrics.jsonl", "tensorboard", "checkpoints", "final", "final.part
              "replay_buffer.jsonl", "ewc_fisher.safetensors", "reward_curve.png", "samples.jsonl", "before.json")
 
 
+def _metrics_lines(checkpoint: str) -> int | None:
+    """The metrics.jsonl line count a checkpoint's completion marker recorded (None: not recorded)."""
+    try:
+        n = json.loads((Path(checkpoint) / COMPLETE).read_text(encoding="utf-8")).get("metrics_lines")
+    except (OSError, ValueError):
+        return None
+    return n if isinstance(n, int) else None
+
+
 @dataclass
 class RunFolder:
     path: Path
@@ -77,11 +86,11 @@ class RunFolder:
             if run.resume_from:
                 log(f"resuming from {run.resume_from}")
                 if run.main:
-                    run.truncate_metrics(run.resumed_step)
+                    run.truncate_metrics(run.resumed_step, _metrics_lines(run.resume_from))
             else:
                 log("no complete checkpoint found; starting from the beginning")
                 if run.main:
-                    run.truncate_metrics(0)
+                    run.truncate_metrics(0, keep_lines=0)  # everything is logged again, "before" included
         elif run.holds_a_run():
             if not overwrite:
                 raise ConfigError(f"{run.path} holds another run ({run.describe_contents()}): resume it with --resume, "
@@ -111,12 +120,20 @@ class RunFolder:
                 p.unlink()
         log(f"--overwrite: cleared the previous run in {self.path}")
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """On resume, drop records logged after the checkpoint: the resumed run logs those steps again."""
+    def truncate_metrics(self, last_step: int, keep_lines: int | None = None) -> None:
+        """On resume, drop records logged after the checkpoint: the resumed run logs those steps again.
+
+        `keep_lines`: how many lines the file held when the checkpoint was taken (its completion marker
+        says). That also drops records of the checkpoint's own step written after it (the end-of-training
+        record and the final evaluation, when the checkpoint is the last step), which the step alone cannot
+        tell apart. Without it (older checkpoints): every record up to `last_step`."""
         if not self.metrics.exists():
             return
         keep = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        if keep_lines is not None:
+            lines = lines[:keep_lines]
+        for line in lines:
             try:
                 if line.strip() and json.loads(line).get("step", 0) <= last_step:
                     keep.append(line)

@@ -9,16 +9,24 @@
 - real-token accounting (tokens/s, padding share) when the batch is token ids;
 - EWC penalty and embedding-space adversarial steps, when the stage sets them;
 - checkpoints staged and renamed into place with a completion marker (engine/checkpoint.py), which
-  also covers trl trainers: they override `_save_checkpoint` and call ours through `super()`.
+  also covers trl trainers: they override `_save_checkpoint` and call ours through `super()`;
+- a resumed run reports the whole run's train_loss (HF reports the mean of the resumed launch's steps
+  only), and the health counters (skipped steps, gradient-band warnings) and trl's cumulative token
+  count go on from the checkpoint: they travel in `seektune_trainer.json` inside each checkpoint.
 A stage's own loss goes in `task_loss` (default: the parent trainer's compute_loss).
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
 from .checkpoint import CheckpointClient
 from .optim import build_param_groups, make_scheduler, warmup_steps
+
+TRAINER_STATE = "seektune_trainer.json"  # what HF's trainer_state.json lacks for an exact resume
 
 
 class TokenCounter:
@@ -47,6 +55,7 @@ class SeekTrainerMixin:
         self.ewc = None  # engine.forgetting.EWC when train.ewc is set
         self.perturber = None  # engine.forgetting.EmbeddingPerturber when train.adversarial is set
         self.last_adv_loss: float | None = None
+        self._prior = {"loss_sum": 0.0, "step": 0}  # the launches before this one (from the checkpoint)
 
     # -- accounting, adversarial step and NaN handling ------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -131,6 +140,42 @@ class SeekTrainerMixin:
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
 
+    # -- one run across launches: train_loss, health counters and token counts survive a resume ----
+    def train(self, resume_from_checkpoint=None, *a, **kw):
+        self._prior = {"loss_sum": 0.0, "step": 0}
+        if isinstance(resume_from_checkpoint, str):
+            p = os.path.join(resume_from_checkpoint, TRAINER_STATE)
+            if os.path.exists(p):
+                with open(p, encoding="utf-8") as f:
+                    self._prior = json.load(f)
+                if "trl_train_tokens" in self._prior and hasattr(self, "_total_train_tokens"):
+                    self._total_train_tokens = self._prior["trl_train_tokens"]
+                if self.health is not None:
+                    for k, v in self._prior.get("health", {}).items():
+                        setattr(self.health, k, v)
+        out = super().train(resume_from_checkpoint, *a, **kw)
+        if self._prior["step"]:
+            loss = self._whole_run_loss(out.training_loss)
+            out = out._replace(training_loss=loss, metrics={**out.metrics, "train_loss": loss})
+        return out
+
+    def _loss_sum(self) -> float:
+        """Sum of the per-step training losses of this run so far (all launches)."""
+        launch = getattr(self, "_total_loss_scalar", 0.0)
+        tr = getattr(self, "_tr_loss", None)
+        if torch.is_tensor(tr):
+            launch += float(tr.item())
+        return self._prior["loss_sum"] + launch
+
+    def _whole_run_loss(self, launch_mean: float) -> float:
+        steps_here = self.state.global_step - self._prior["step"]
+        return (self._prior["loss_sum"] + launch_mean * steps_here) / max(self.state.global_step, 1)
+
+    def log(self, logs, *a, **kw):
+        if "train_loss" in logs and "train_runtime" in logs and getattr(self, "_prior", {}).get("step"):
+            logs = {**logs, "train_loss": self._whole_run_loss(logs["train_loss"])}
+        return super().log(logs, *a, **kw)
+
     # -- crash-safe checkpoints -----------------------------------------------------------------
     def _get_output_dir(self, trial):
         return self._staging or super()._get_output_dir(trial)
@@ -159,6 +204,14 @@ class SeekTrainerMixin:
                 self.state.best_model_checkpoint = best
             staged_state = client.staging / f"checkpoint-{step}" / "trainer_state.json"
             self.state.save_to_json(str(staged_state))  # must name the real folder for exact resume
+        extra = {"loss_sum": self._loss_sum(), "step": step}
+        if hasattr(self, "_total_train_tokens"):  # trl's cumulative num_tokens metric
+            extra["trl_train_tokens"] = int(self._total_train_tokens)
+        if self.health is not None:
+            h = self.health
+            extra["health"] = {"nonfinite_total": h.nonfinite_total, "nonfinite_streak": h.nonfinite_streak,
+                               "grad_out_of_band": h.grad_out_of_band, "warnings": list(h.warnings)}
+        (client.staging / f"checkpoint-{step}" / TRAINER_STATE).write_text(json.dumps(extra), encoding="utf-8")
         client.commit(step, best=self.state.best_model_checkpoint)
 
     def save_model(self, output_dir=None, _internal_call=False):
