@@ -4,8 +4,9 @@ GSM8K follows lm-evaluation-harness's gsm8k task, so accuracies compare with pub
 - strict: the number after `#### ` (the format of the reference solutions);
 - flexible: the last number in the text (`-?[$0-9.,]{2,}|-?[0-9]+`, last match).
 Numbers are normalised before comparing: commas, `$`, a trailing period and `.0` go (`$1,000.00`
-== `1000`). Multiple-choice letters: an explicit "answer is (C)" / "答案是C" first, else a letter
-standing alone at the start, else the first standalone A-J.
+== `1000`). Multiple-choice letters: an explicit "answer is (C)" / "答案是C" / "答案是C项" first, else a
+letter standing alone at the start, else the first standalone A-J; only capitals count, and the
+pronoun "I" ("I think A", "I'd pick C") is not option I.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import re
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 _FLEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_ANSWER_IS = re.compile(r"(?:answer|答案)\s*(?:is|是|为|:|：)?\s*[:：]?\s*\(?\s*([A-J])\b", re.IGNORECASE)
-_LEAD = re.compile(r"^\s*\(?([A-J])(?:[\).:：、．]|\s|$)")
-_ALONE = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")
+# the letter is matched case-sensitively ("the answer is a tricky one" names no option) and must not run
+# into another Latin letter; a CJK character may follow ("答案是C项": \b would not match there)
+_PRONOUN = r"(?!I(?:\s+(?!is\b|was\b)[a-z]|['’]))"  # "I think A", "I'd pick C": the pronoun, not option I
+_ANSWER_IS = re.compile(r"(?i:answer|答案)\s*(?i:is|是|为|:|：)?\s*[:：]?\s*\(?\s*([A-J])(?![A-Za-z])")
+_LEAD = re.compile(r"^\s*\(?" + _PRONOUN + r"([A-J])(?:[\).:：、．]|\s|$)")
+_ALONE = re.compile(r"(?<![A-Za-z])" + _PRONOUN + r"([A-J])(?![A-Za-z])")
 
 
 def normalise_number(s: str | None) -> str | None:
@@ -72,7 +76,7 @@ def choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
     """The option letter a reply commits to, or None."""
     t = (text or "").strip()
     for rx in (_ANSWER_IS, _LEAD, _ALONE):
-        m = rx.search(t)
-        if m and m.group(1).upper() in letters:
-            return m.group(1).upper()
+        for m in rx.finditer(t):  # the first match that is one of the options, not just the first match
+            if m.group(1) in letters:
+                return m.group(1)
     return None

@@ -13,7 +13,8 @@ Built-ins (`grpo.rewards` names):
     length_penalty    minus length / max_completion_length
 User rewards: `my_rewards.py:brevity` (a file, relative to the working directory) or
 `package.module:function`. Every function is wrapped: one that raises, or returns the wrong
-number of values or a non-number, stops the run with a RewardError naming it.
+number of values or a non-number, stops the run with a RewardError naming it; `async def`
+rewards are awaited.
 
 The reply is split into reasoning and answer the way eval and serve split it
 (data/reasoning.py): accuracy rewards read the answer only, the format reward the whole reply.
@@ -21,8 +22,10 @@ The reply is split into reasoning and answer the way eval and serve split it
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import inspect
 import math
 from pathlib import Path
 from typing import Callable
@@ -101,9 +104,17 @@ def choice_answer(ctx: Context):
                 out.append(None)
                 continue
             _, answer = ctx.split(c)
-            out.append(1.0 if choice_letter(answer) == ref else 0.0)
+            out.append(1.0 if choice_letter(answer, _options(kw, i)) == ref else 0.0)
         return out
     return choice_answer
+
+
+def _options(kw: dict, i: int) -> str:
+    """The option letters of prompt i when the record has them as columns (CMMLU's A..D), else A-J: a
+    letter that is no option ("E" in "E is wrong, so B") is not the reply's choice."""
+    found = "".join(k for k in "ABCDEFGHIJ" if isinstance(kw.get(k), (list, tuple)) and i < len(kw[k])
+                    and kw[k][i] not in (None, ""))
+    return found or "ABCDEFGHIJ"
 
 
 def _lengths(completions, completion_ids) -> list[int]:
@@ -164,7 +175,10 @@ def load_user_reward(spec: str, base: Path | None = None) -> Callable:
         except Exception as e:  # noqa: BLE001  (user code)
             raise RewardError(f"grpo.rewards: {spec}: loading {path} failed: {type(e).__name__}: {e}") from None
     else:
-        mod = importlib.import_module(where)
+        try:
+            mod = importlib.import_module(where)
+        except Exception as e:  # noqa: BLE001  (user code, or a submodule that does not exist)
+            raise RewardError(f"grpo.rewards: {spec}: importing {where} failed: {type(e).__name__}: {e}") from None
     f = getattr(mod, fn, None)
     if not callable(f):
         raise RewardError(f"grpo.rewards: {spec}: '{fn}' is not a function")
@@ -181,6 +195,8 @@ class Reward:
     def __call__(self, prompts, completions, completion_ids=None, **kw):
         try:
             out = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kw)
+            if inspect.iscoroutine(out):  # an `async def` reward (trl accepts those; so does check_reward_spec)
+                out = asyncio.run(out)
         except RewardError:
             raise
         except Exception as e:  # noqa: BLE001  (user code: name it instead of a traceback)
@@ -193,12 +209,25 @@ class Reward:
         if len(out) != len(completions):
             raise RewardError(f"reward function '{self.name}' returned {len(out)} values for {len(completions)} "
                               "completions: it must return one number (or None) per completion")
-        bad = [v for v in out if v is not None and not (isinstance(v, (int, float)) and math.isfinite(float(v)))]
+        vals = [None if v is None else _number(v) for v in out]
+        bad = [v for v, f in zip(out, vals) if v is not None and f is None]
         if bad:
             raise RewardError(f"reward function '{self.name}' returned a non-number {bad[0]!r}: each value must be a "
                               "finite float or None")
-        self.last = out
-        return [float(v) if v is not None else None for v in out]
+        self.last = vals
+        return vals
+
+
+def _number(v) -> float | None:
+    """v as a finite float: Python, numpy and one-element torch numbers count (a user reward returning
+    np.float32 values or a tensor is fine); strings, NaN and infinities do not."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__float__"):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of more than one element
+        return None
+    return f if math.isfinite(f) else None
 
 
 def build_rewards(specs: list[str], ctx: Context, base: Path | None = None) -> list[Reward]:

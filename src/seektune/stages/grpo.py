@@ -20,12 +20,14 @@ held-out cut share; sample completions with their rewards go into the report.
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 
 import torch
 from transformers import TrainerCallback, set_seed
 
 from ..data.prompts import load_prompt_data
+from ..data.reasoning import THINK_OPEN
 from ..data.templates import get_template
 from ..engine.run import RunFolder
 from ..engine.summary import StageResult, evidence, make_summary
@@ -58,8 +60,16 @@ class RolloutMonitor(TrainerCallback):
         self.warned: set[str] = set()
 
     def on_log(self, args, state, control, logs=None, **kw):
-        if not logs:
-            return
+        if logs:
+            self._see(logs, state.global_step)
+
+    def replay(self, records) -> None:
+        """A resumed launch: the steps logged before its checkpoint (metrics.jsonl) count towards the streaks,
+        so it warns exactly when and what the uninterrupted run warns (warnings of the earlier launch included)."""
+        for rec in records:
+            self._see(rec, rec.get("step", 0))
+
+    def _see(self, logs: dict, step: int) -> None:
         limits = {"completions/clipped_ratio": self.o.warn_truncated_share,
                   "frac_reward_zero_std": self.o.warn_zero_signal_share}
         for key, limit in limits.items():
@@ -71,13 +81,13 @@ class RolloutMonitor(TrainerCallback):
                 self.warned.add(key)
                 if key == "completions/clipped_ratio":
                     self.health.warn(
-                        f"step {state.global_step}: {100 * v:.0f}% of completions were cut at grpo.max_completion_length="
+                        f"step {step}: {100 * v:.0f}% of completions were cut at grpo.max_completion_length="
                         f"{self.o.max_completion_length} for {self.streak[key]} logged steps: a cut reply never reaches "
                         "its answer, so accuracy rewards are 0. Raise grpo.max_completion_length, ask for shorter "
                         "reasoning in the prompt, add overlong_penalty, or set grpo.mask_truncated_completions")
                 else:
                     self.health.warn(
-                        f"step {state.global_step}: {100 * v:.0f}% of prompt groups had all-equal rewards for "
+                        f"step {step}: {100 * v:.0f}% of prompt groups had all-equal rewards for "
                         f"{self.streak[key]} logged steps: no learning signal. The prompts are too hard or too easy "
                         "for the model, the reward cannot tell replies apart, or grpo.num_generations is too small")
 
@@ -144,8 +154,9 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     stats["accounting"] = (f"{stats['read']} read = train {stats['train']} + eval {stats['eval']} + rejected "
                            f"{stats['rejected']}" + (f" + unused eval {stats['unused_eval']}" if data.unused else ""))
     run.write_rejects(rejects, data.unused)
+    opens_think = _opens_think(template, train[1] + ev[1])
     log(f"prompts: {stats['accounting']}; {stats['with_reference']} with a reference answer; template {template.name}"
-        + (" (the prompt opens <think>)" if template.opens_think else "") + f"; threads {threads}")
+        + (" (the prompt opens <think>)" if opens_think else "") + f"; threads {threads}")
     if not train[0]:
         raise DataError(f"no training prompt fits grpo.max_prompt_length={o.max_prompt_length}")
     model, rep = apply_adapter(model, cfg.adapter, "causal_lm", log=log)
@@ -154,7 +165,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     if hasattr(model.config, "router_aux_loss_coef"):  # Qwen-MoE / Mixtral: trl adds the router aux loss
         model.config.output_router_logits = True
         log(f"MoE: router aux loss passed through (coefficient {model.config.router_aux_loss_coef})")
-    rewards = build_rewards(o.rewards, Context(template.opens_think, o.max_completion_length))
+    rewards = build_rewards(o.rewards, Context(opens_think, o.max_completion_length))
     _preflight(rewards, train)
     log("rewards: " + ", ".join(f"{r.name} x{w}" for r, w in zip(rewards, o.reward_weights or [1.0] * len(rewards))))
     use_vllm = _use_vllm(o)
@@ -172,7 +183,10 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, reward_weights=o.reward_weights,
         mask_truncated_completions=o.mask_truncated_completions, use_vllm=use_vllm,
         disable_dropout=o.disable_dropout, log_completions=False, shuffle_dataset=True)
-    trainer.add_callback(RolloutMonitor(o, health))
+    monitor = RolloutMonitor(o, health)
+    if run.resume_from:  # metrics.jsonl holds exactly the steps up to the checkpoint (RunFolder.start cut it)
+        monitor.replay(_logged_steps(run.metrics))
+    trainer.add_callback(monitor)
     log(f"grpo: {o.num_generations} completions per prompt, {cfg.train.batch_size * cfg.train.grad_accum // o.num_generations}"
         f" prompt(s) per step, loss {o.loss_type}" + (" (GSPO: sequence-level ratios)" if o.importance_sampling_level
                                                       == "sequence" else "") + f", beta {o.beta}, rollouts by "
@@ -221,20 +235,68 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
 
 
+def preview(cfg, n: int = 3) -> list:
+    """The first n training prompts exactly as trl receives them (`seektune data preview`): rendered by the
+    chat template, ending where generation starts (`<think>\n` on the R1 template). No prompt token carries
+    loss: GRPO trains on the sampled completions."""
+    from ..data.preview import PreviewSample
+    from ..models.loader import load_tokenizer
+
+    tok = load_tokenizer(cfg.model)
+    template = get_template(cfg.data.template, tok)
+    data = load_prompt_data(cfg.data, cfg.train.seed)  # all of it: the hold-out decides what is training data
+    items, texts = _fit(data.train[: max(n * 4, n + 8)], template, tok, cfg.grpo.max_prompt_length, [])
+    return [PreviewSample(it.where, text, []) for it, text in list(zip(items, texts))[:n]]
+
+
+def _opens_think(template, texts: list[str]) -> bool:
+    """Whether the replies start inside the reasoning: the R1 template, or a tokenizer's own Jinja whose
+    generation prompt ends with `<think>` (QwQ-style), so the rewards split the reply the right way."""
+    return template.opens_think or (bool(texts) and all(t.rstrip().endswith(THINK_OPEN) for t in texts))
+
+
+def _trl_text(text: str, tok) -> str:
+    """The prompt text as trl must get it. trl tokenizes a text prompt with the tokenizer's special tokens
+    (`tok(text)`); a tokenizer that adds BOS itself (Llama 3, Gemma, Mistral) would then put a second BOS
+    before the one the template wrote. Leave the BOS to the tokenizer then, so trl's ids are the template's."""
+    bos = getattr(tok, "bos_token", None)
+    if bos and text.startswith(bos) and tok.bos_token_id is not None:
+        ids = tok(text)["input_ids"]
+        if len(ids) >= 2 and ids[0] == ids[1] == tok.bos_token_id:
+            return text[len(bos):]
+    return text
+
+
 def _fit(items, template, tok, max_prompt: int, rejects: list) -> tuple[list, list[str]]:
-    """(items, rendered prompts) that fit max_prompt tokens; the others become rejects (never cut)."""
+    """(items, prompts as trl gets them) that fit max_prompt tokens, counted as trl tokenizes them; the others
+    become rejects (never cut)."""
     keep, texts = [], []
     for it in items:
-        text = template.prompt(it.prompt)
-        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        text = _trl_text(template.prompt(it.prompt), tok)
+        n = len(tok(text)["input_ids"])
         if n > max_prompt:
             src, line = it.where.rsplit(":", 1)
-            rejects.append({"source": src, "line": int(line), "reason": f"prompt has {n} tokens > "
+            rejects.append({"source": it.source or src, "line": int(line), "reason": f"prompt has {n} tokens > "
                             f"grpo.max_prompt_length={max_prompt}"})
             continue
         keep.append(it)
         texts.append(text)
     return keep, texts
+
+
+def _logged_steps(path) -> list[dict]:
+    """The per-step records of metrics.jsonl, in order (the end-of-training record has no rollout keys)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
 def _preflight(rewards, train) -> None:

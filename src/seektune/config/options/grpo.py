@@ -34,12 +34,28 @@ def check_reward_spec(spec: str, base: Path | None = None) -> str | None:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except SyntaxError as e:
             return f"{path}:{e.lineno}: not valid Python ({e.msg})"
-        if not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == fn for n in tree.body):
+        names = _top_level_names(tree)
+        if fn not in names and "*" not in names:
             return f"{path} defines no function '{fn}'"
         return None
     if importlib.util.find_spec(where.split(".")[0]) is None:
         return f"reward module not importable: {where}"
     return None
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    """What a module binds at its top level: `def`s, classes, assignments (`brevity = partial(...)`) and imports
+    (`from my_lib import accuracy`); "*" for a star import (anything may be there)."""
+    names: set[str] = set()
+    for n in tree.body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                names.update(x.id for x in ast.walk(t) if isinstance(x, ast.Name))
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in n.names)
+    return names
 
 
 class GRPOOptions(StageOptions):
