@@ -279,6 +279,7 @@ def preview(cfg, n: int = 3) -> list[PreviewSample]:
     """The first n training samples as tokenised: decoded text, and the character spans that carry loss."""
     tok = load_tokenizer(cfg.model)
     template = get_template(cfg.data.template, tok)
-    dcfg = cfg.data.model_copy(update={"cache": False, "max_samples": max(n * 4, n + 8)})
-    data = build_sft_data(dcfg, tok, template, cfg.train.seed, None, log=lambda m: None)
+    # the whole file, split as the run splits it (and cached as the run caches it): the preview shows
+    # training samples only, never a record the run holds out
+    data = build_sft_data(cfg.data, tok, template, cfg.train.seed, None, log=lambda m: None)
     return [token_preview(tok, r["input_ids"], r["labels"], r.get("where", "")) for r in data.train[:n]]
