@@ -150,6 +150,12 @@ def test_prompt_records_in_every_form(tmp_path):
 # 2. The reward library
 # ---------------------------------------------------------------------------------------------
 
+def test_gsm8k_format_rewards_the_answer_line_strict_match_reads():
+    r = build_rewards(["gsm8k_format"], Context(False, 64))[0]
+    got = r(["p"] * 4, ["so 5 apples.\n#### 5", "the answer is 5", "<think>\n#### 3\n</think>\nno line", "#### 1,200"])
+    assert got == [1.0, 0.0, 0.0, 1.0]  # a #### line inside the reasoning does not count
+
+
 def test_think_format():
     f = think_format(PLAIN)
     replies = ["<think>\nline one\nline two\n</think>\n\n#### 18",  # multi-line reasoning (re.DOTALL misses it)
@@ -421,6 +427,7 @@ def test_two_grpo_steps_change_the_adapter_and_log_every_reward(tmp_path, preset
             assert k in r, (k, sorted(r))
         assert r["rewards/variety/std"] > 0 and r["frac_reward_zero_std"] < 1, "the advantage must not be zero"
         assert 0 < r["completions/mean_length"] <= 8 and 0 <= r["completions/clipped_ratio"] <= 1
+        assert r["rollout/tokens_per_s"] > 0 and r["rollout/seconds"] > 0  # the rollout phase, timed
     s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert s["stage"] == "grpo" and s["steps"] == 2 and s["status"]
     ev = {e["name"]: e for e in s["evidence"]}

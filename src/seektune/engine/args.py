@@ -92,7 +92,8 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool, dist_kwargs: dict | N
         fp16=False,
         remove_unused_columns=False,
         activation_checkpointing=checkpoint_every is not None,
-        activation_checkpointing_kwargs={"every_n_layers": checkpoint_every} if checkpoint_every else None,
+        # every_n_layers only when it is not 1: trl passes these kwargs on to torch's checkpoint, which refuses it
+        activation_checkpointing_kwargs={"every_n_layers": checkpoint_every} if (checkpoint_every or 1) > 1 else None,
         dataloader_num_workers=0,
         train_sampling_strategy="sequential" if getattr(cfg.data, "curriculum", False) else "random",
         save_only_model=False,

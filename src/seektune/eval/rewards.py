@@ -6,6 +6,8 @@ Built-ins (`grpo.rewards` names):
     think_format      1 when the reply reasons, closes `</think>` and then answers; multi-line
                       reasoning counts (the community format rewards miss it without re.DOTALL)
     gsm8k_answer      1 when the answer's number equals the reference's (`#### N`); GSM8K rules
+    gsm8k_format      1 when the answer states its result on a `#### N` line (what strict match reads):
+                      format compliance a small model can reach before it can reason in <think>
     choice_answer     1 when the answer's option letter equals the reference letter (CMMLU)
     overlong_penalty  DAPO's soft over-long punishment: 0 up to 3/4 of max_completion_length,
                       then linearly down to -1 at the limit (a cut reply gets -1)
@@ -94,6 +96,12 @@ def gsm8k_answer(ctx: Context):
     return gsm8k_answer
 
 
+def gsm8k_format(ctx: Context):
+    def gsm8k_format(prompts, completions, **kw):
+        return [1.0 if gsm8k_strict(ctx.split(c)[1]) is not None else 0.0 for c in completions]
+    return gsm8k_format
+
+
 def choice_answer(ctx: Context):
     def choice_answer(prompts, completions, **kw):
         out = []
@@ -156,7 +164,7 @@ def length_penalty(ctx: Context):
     return length_penalty
 
 
-_FACTORIES = {f.__name__: f for f in (think_format, gsm8k_answer, choice_answer, overlong_penalty,
+_FACTORIES = {f.__name__: f for f in (think_format, gsm8k_answer, gsm8k_format, choice_answer, overlong_penalty,
                                       repetition_penalty, length_penalty)}
 
 

@@ -25,12 +25,20 @@ def load_pairs(cfg, run: RunFolder, tok, template, max_prompt_length: int, promp
 
 
 def trl_trainer(trainer_cls, config_cls, cfg, run: RunFolder, model, tok, train_ds, eval_ds, progress: bool,
-                callbacks: list, tokens_per_batch: int, trainer_kw: dict | None = None, **config_kw):
-    """A trl trainer (composed with SeekTrainerMixin by the caller) on our arguments, callbacks and monitors."""
+                callbacks: list, tokens_per_batch: int, trainer_kw: dict | None = None,
+                whole_layer_checkpointing: bool = False, **config_kw):
+    """A trl trainer (composed with SeekTrainerMixin by the caller) on our arguments, callbacks and monitors.
+
+    whole_layer_checkpointing: the trainer switches checkpointing off and on around generation with
+    kwargs torch's checkpoint takes (trl's GRPO does), so "every n-th layer" becomes "every layer"."""
     every_n, gc_line = plan_checkpointing(cfg.train.gradient_checkpointing, model, tokens_per_batch,
                                           cfg.train.activation_budget_gb)
     if gc_line:
         log(gc_line)
+    if whole_layer_checkpointing and every_n and every_n > 1:
+        every_n = 1
+        log("activation checkpointing: every layer instead (trl re-enables it around generation and cannot "
+            "keep every n-th only)")
     args = trl_args(config_cls, cfg, run.path, eval_ds is not None, checkpoint_every=every_n,
                     dist_kwargs=distributed_kwargs(cfg, model, is_moe(model)), **config_kw)
     health, counter = Health(), TokenCounter()

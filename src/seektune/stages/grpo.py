@@ -46,7 +46,18 @@ def _trainer_cls():
     from trl import GRPOTrainer
 
     class SeekGRPOTrainer(SeekTrainerMixin, GRPOTrainer):
-        """trl's GRPOTrainer on the engine (schedules, NaN guard, crash-safe checkpoints, monitors)."""
+        """trl's GRPOTrainer on the engine (schedules, NaN guard, crash-safe checkpoints, monitors), with the
+        rollout phase timed: `rollout/seconds` and `rollout/tokens_per_s` (generated tokens) per step."""
+
+        def _generate_single_turn(self, prompt_ids, *a, **kw):
+            t0 = time.perf_counter()
+            out = super()._generate_single_turn(prompt_ids, *a, **kw)
+            dt = time.perf_counter() - t0
+            n = sum(len(c) for c in out[0])
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["rollout/seconds"].append(dt)
+            self._metrics[mode]["rollout/tokens_per_s"].append(n / dt if dt > 0 else 0.0)
+            return out
 
     return SeekGRPOTrainer
 
@@ -176,7 +187,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         _trainer_cls(), GRPOConfig, cfg, run, model, tok, Dataset.from_list(_rows(train[0], train[1])), None,
         progress, [*(callbacks or [])], tokens_per_batch=cfg.train.batch_size * (o.max_prompt_length
                                                                                   + o.max_completion_length),
-        trainer_kw={"reward_funcs": rewards},
+        trainer_kw={"reward_funcs": rewards}, whole_layer_checkpointing=True,
         num_generations=o.num_generations, max_completion_length=o.max_completion_length, loss_type=o.loss_type,
         importance_sampling_level=o.importance_sampling_level, beta=o.beta, epsilon=o.epsilon,
         epsilon_high=o.epsilon_high, scale_rewards=o.scale_rewards, num_iterations=o.num_iterations,
@@ -227,6 +238,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
                 {"title": "GRPO: cut at the length limit / groups without signal",
                  "keys": ["completions/clipped_ratio", "frac_reward_zero_std"]},
                 {"title": "GRPO: completion length", "keys": ["completions/mean_length"]},
+                {"title": "GRPO: rollout throughput (generated tokens/s)", "keys": ["rollout/tokens_per_s"]},
                 {"title": "GRPO: KL to the reference", "keys": ["kl"]}],
         rewards=[r.name for r in rewards], reward_weights=o.reward_weights, loss_type=o.loss_type,
         importance_sampling_level=o.importance_sampling_level, num_generations=o.num_generations,

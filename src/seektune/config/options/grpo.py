@@ -14,8 +14,8 @@ from pydantic import Field, field_validator
 from . import StageOptions
 
 # the reward library (eval/rewards.py) implements these names
-BUILTIN_REWARDS = ("think_format", "gsm8k_answer", "choice_answer", "overlong_penalty", "repetition_penalty",
-                   "length_penalty")
+BUILTIN_REWARDS = ("think_format", "gsm8k_answer", "gsm8k_format", "choice_answer", "overlong_penalty",
+                   "repetition_penalty", "length_penalty")
 
 
 def check_reward_spec(spec: str, base: Path | None = None) -> str | None:
@@ -61,8 +61,8 @@ def _top_level_names(tree: ast.Module) -> set[str]:
 class GRPOOptions(StageOptions):
     rewards: list[str] = Field(
         ["think_format", "gsm8k_answer"], min_length=1,
-        description="reward functions: built-ins (think_format, gsm8k_answer, choice_answer, overlong_penalty, "
-        "repetition_penalty, length_penalty) or file.py:function / module:function in trl's signature")
+        description="reward functions: built-ins (think_format, gsm8k_answer, gsm8k_format, choice_answer, "
+        "overlong_penalty, repetition_penalty, length_penalty) or file.py:function / module:function in trl's signature")
     reward_weights: list[float] | None = Field(None, description="one weight per reward (default: all 1.0)")
     num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group)")
     max_completion_length: int = Field(256, ge=1, description="generated tokens per completion")
