@@ -7,7 +7,9 @@ Conventions (so numbers compare across runs and with other toolkits):
   by character (word segmentation would make the number depend on a segmenter); other languages
   by lower-cased alphanumeric words, as rouge_score does.
 - Exact match (0-100) compares whitespace-normalised, lower-cased strings without trailing punctuation.
-- Perplexity is exp(mean NLL) over the reference's assistant tokens only (the prompt is context).
+- Perplexity is exp(mean NLL) over the reference's assistant tokens only (the prompt is context);
+  `text_perplexity` is the other one, over every token of rendered texts (what a deployment variant
+  is compared on: llama.cpp's `perplexity` measures the same).
 """
 
 from __future__ import annotations
@@ -151,3 +153,21 @@ def perplexity(model, tokenizer, template, conversations: list[list[dict]], max_
     finally:
         model.train(was_training)
     return math.exp(total_nll / total_tok) if total_tok else float("nan")
+
+
+def text_perplexity(model, tok, texts: list[str], max_length: int = 256) -> float:
+    """exp(mean NLL) over every token of each text (one forward per text, truncated to max_length)."""
+    import torch
+
+    nll, count = 0.0, 0
+    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    with torch.no_grad():
+        for t in texts:
+            ids = tok(t, add_special_tokens=False, return_tensors="pt", truncation=True,
+                      max_length=max_length)["input_ids"].to(dev)
+            if ids.shape[1] < 2:
+                continue
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return math.exp(nll / max(1, count))

@@ -32,7 +32,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from ..config.options.grpo import BUILTIN_REWARDS as BUILTIN
+from ..config.options.grpo import BUILTIN_REWARDS as BUILTIN  # noqa: F401 (the names, for callers)
 from ..config.options.grpo import check_reward_spec as check_spec
 from ..data.reasoning import THINK_CLOSE, split_generation
 from .answers import choice_letter, gsm8k_flexible, gsm8k_strict, reference_number, same_number

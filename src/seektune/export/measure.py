@@ -1,4 +1,5 @@
-"""Before/after measurements for deployment variants: size, latency per token, perplexity.
+"""Before/after measurements for deployment variants: size, latency per token (perplexity over the
+whole rendered text is eval.metrics.text_perplexity).
 
 Shared by the INT8 table (`seektune export --report`), the pruning report and the bench scripts,
 so every table measures the same way: perplexity over the chat-rendered texts of a data file
@@ -8,7 +9,7 @@ batch 1 with the prompt already in the KV cache.
 
 from __future__ import annotations
 
-import math
+
 import time
 from pathlib import Path
 
@@ -46,21 +47,6 @@ def texts_from_file(path: str | Path, tok, template: str = "auto", n: int = 32, 
     if not out:
         raise ExportError(f"{path}: no records after the first {skip}")
     return out
-
-
-@torch.no_grad()
-def perplexity(model, tok, texts: list[str], max_length: int = 256) -> float:
-    nll, count = 0.0, 0
-    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
-    for t in texts:
-        ids = tok(t, add_special_tokens=False, return_tensors="pt", truncation=True,
-                  max_length=max_length)["input_ids"].to(dev)
-        if ids.shape[1] < 2:
-            continue
-        logits = model(input_ids=ids).logits[0, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-        count += ids.shape[1] - 1
-    return math.exp(nll / max(1, count))
 
 
 @torch.no_grad()

@@ -191,7 +191,8 @@ def prune_run(target: str, out: str | Path, share: float, data: str | None = Non
               recover_steps: int = 0, measure: bool = True) -> PruneReport:
     """Score heads on calibration texts, prune, save to `out`, and measure before/after."""
 
-    from .measure import latency_per_token, param_count, perplexity, texts_from_file
+    from ..eval.metrics import text_perplexity
+    from .measure import latency_per_token, param_count, texts_from_file
     from .merge import attach_chat_template, folder_size, prepare_out_dir
     from .source import load_causal_lm, resolve_source
 
@@ -212,7 +213,7 @@ def prune_run(target: str, out: str | Path, share: float, data: str | None = Non
     prompt = evals[0][:300] if evals else calib[0][:300]
     rows = []
     if measure:
-        rows.append(_measure("before", model, tok, evals, prompt, max_length, param_count, perplexity,
+        rows.append(_measure("before", model, tok, evals, prompt, max_length, param_count, text_perplexity,
                              latency_per_token))
     apply_pruning(model, plan)
     log(f"prune: {plan.heads_before} -> {plan.heads_after} query heads per layer "
@@ -232,7 +233,7 @@ def prune_run(target: str, out: str | Path, share: float, data: str | None = Non
 
         reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
         rows.append(_measure("after" + (" + recovery" if recover_steps else ""), reloaded, tok, evals, prompt,
-                             max_length, param_count, perplexity, latency_per_token))
+                             max_length, param_count, text_perplexity, latency_per_token))
         rows[-1]["disk_mb"] = round(folder_size(out) / 1e6, 1)
     rep = PruneReport(str(out), share, round(plan.share, 4), f"{plan.heads_before} -> {plan.heads_after}", rows,
                       len(calib), len(evals), round(time.time() - t0, 1), notes)

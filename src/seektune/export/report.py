@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..utils.console import log
-from .measure import latency_per_token, markdown_table, perplexity, texts_from_file
+from ..eval.metrics import text_perplexity
+from .measure import latency_per_token, markdown_table, texts_from_file
 from .merge import DTYPES, export_run
 
 COLUMNS = [("variant", "variant"), ("weights_mb", "weights on disk (MB)"), ("ms_per_token", "ms / token"),
@@ -60,7 +61,7 @@ def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "b
         log(f"measuring {v} ...")
         rows.append({"variant": v, "weights_mb": round(weights_size(folder) / 1e6, 1),
                      "ms_per_token": round(1000 * latency_per_token(model, tok, prompt, new_tokens, repeats=1), 1),
-                     "ppl": round(perplexity(model, tok, texts, max_length), 3)})
+                     "ppl": round(text_perplexity(model, tok, texts, max_length), 3)})
         del model
     ref = rows[0]["ppl"]
     for r in rows:
