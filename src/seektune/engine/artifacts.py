@@ -65,6 +65,23 @@ def _run_config(run_dir: Path):
             return None, "auto"
 
 
+def run_dir_of(target: str | Path) -> Path | None:
+    """The run folder a path belongs to: the folder itself (config.yaml + final/), or final/'s parent."""
+    p = Path(str(target)).expanduser()
+    if (p / "config.yaml").exists() and (p / "final").is_dir():
+        return p
+    if p.name == "final" and (p.parent / "config.yaml").exists():
+        return p.parent
+    return None
+
+
+def run_config_of(target: str | Path):
+    """The validated config of the run a path belongs to (None for bare models or a config that no longer
+    validates)."""
+    d = run_dir_of(target)
+    return _run_config(d)[0] if d is not None else None
+
+
 def resolve(target: str | Path) -> Artifact:
     """Classify `target`; ArtifactError naming the folder when it holds no model."""
     t = str(target)
@@ -75,13 +92,11 @@ def resolve(target: str | Path) -> Artifact:
         except ModelError as e:
             raise ArtifactError(f"{t}: not a run folder, model folder or preset ({e})") from None
         return Artifact("model", path, None, None, None, t)
-    run_dir = None
+    run_dir = run_dir_of(p)
     if (p / "final").is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
-        if not (p / "config.yaml").exists():
+        if run_dir is None:
             raise ArtifactError(f"{p}: a run folder without config.yaml; point at {p / 'final'} instead")
-        run_dir, p = p, p / "final"
-    elif (p.parent / "config.yaml").exists() and (p.parent / "final") == p:
-        run_dir = p.parent
+        p = p / "final"
     run_cfg, template = _run_config(run_dir) if run_dir else (None, "auto")
     name = (run_dir or p).name
     if (p / QUANT_MANIFEST).exists():

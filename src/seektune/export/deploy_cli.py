@@ -15,17 +15,13 @@ PRUNE_COLUMNS = [("model", "model"), ("params_m", "params (M)"), ("fp32_mb", "fp
 def deploy_settings(run: str, config: Path | None, **flags):
     """The `deploy:` section of --config (else of the run's config.yaml, else defaults), then CLI flags."""
     from ..config import ConfigError, DeployConfig, load_config
+    from ..engine.artifacts import run_config_of
 
     if config is not None:
         base = load_config(config).deploy
     else:
-        p = Path(run)
-        cands = [p / "config.yaml", p.parent / "config.yaml"] if p.exists() else []
-        found = next((c for c in cands if c.exists()), None)
-        try:
-            base = load_config(found).deploy if found else DeployConfig()
-        except ConfigError:
-            base = DeployConfig()  # an older run's config may not validate; its deploy defaults do not matter
+        run_cfg = run_config_of(run)
+        base = run_cfg.deploy if run_cfg is not None else DeployConfig()
     given = {k: v for k, v in flags.items() if v is not None}
     try:
         return DeployConfig.model_validate({**base.model_dump(), **given})
