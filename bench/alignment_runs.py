@@ -31,13 +31,33 @@ def runs(a) -> list[tuple[str, str, list[str]]]:
         for st in ("dpo", "kto", "orpo", "simpo"):
             out.append((f"{st}_hh", f"examples/{st}_smollm2.yaml", [f"data.max_eval_samples={a.pairs}"]))
     if a.only in ("all", "cmmlu"):
-        out.append(("grpo_cmmlu", "examples/grpo_smollm2_cmmlu.yaml", [f"train.max_steps={a.cmmlu_steps}"]))
+        # three CMMLU medical subjects in one file (the subject travels as a column); 30% held out, up to 150
+        merged = Path(a.work) / "cmmlu_medical.csv"
+        merge_cmmlu(merged, ("clinical_knowledge", "college_medicine", "professional_medicine"))
+        out.append(("grpo_cmmlu", "examples/grpo_smollm2_cmmlu.yaml",
+                    [f"train.max_steps={a.cmmlu_steps}", f"data.train={merged.resolve()}", "data.max_eval_samples=150"]))
     if a.only in ("all", "gsm8k"):
         for seed in a.seeds:
             out.append((f"grpo_gsm8k_seed{seed}", "examples/grpo_smollm2_gsm8k.yaml",
                         [f"train.seed={seed}", f"train.max_steps={a.gsm8k_steps}",
                          f"data.max_eval_samples={a.gsm8k_eval}"]))
     return out
+
+
+def merge_cmmlu(out: Path, subjects) -> None:
+    import csv
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        for i, subj in enumerate(subjects):
+            with open(SHARED / "general" / "cmmlu" / "test" / f"{subj}.csv", encoding="utf-8", newline="") as g:
+                r = csv.reader(g)
+                head = next(r)
+                if i == 0:
+                    w.writerow(head + ["subject"])
+                for row in r:
+                    w.writerow(row + [subj])
 
 
 def load() -> str:
