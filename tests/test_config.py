@@ -19,6 +19,18 @@ def test_yaml_and_overrides(tmp_path):
     assert load_config(again) == cfg
 
 
+def test_saved_yaml_holds_only_the_chosen_stage_section(tmp_path):
+    import yaml
+
+    cfg = load_config(None, ["model.name_or_path=tiny-qwen2", "train.stage=grpo", "grpo.num_generations=4"])
+    saved = yaml.safe_load(cfg.to_yaml())
+    assert saved["grpo"]["num_generations"] == 4
+    assert not {"dpo", "kto", "orpo", "simpo", "ppo"} & set(saved)
+    again = tmp_path / "again.yaml"
+    again.write_text(cfg.to_yaml())
+    assert load_config(again) == cfg
+
+
 @pytest.mark.parametrize("key,hint", [("train.lerning_rate", "train.lr"), ("model.tsk", "model.task"),
                                       ("data.max_lenght", "data.max_length")])
 def test_misspelt_key_names_key_and_suggests(tmp_path, key, hint):

@@ -62,7 +62,13 @@ class _ConfigBase(Section):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
+        """Every key with its value, and only the chosen stage's own section (the others can only hold their
+        defaults: the stage rules refuse anything else), so the file reproduces the run and nothing else."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for name, spec in STAGES.items():
+            if spec.options is not None and name != self.train.stage:
+                data.pop(name, None)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     @property
     def stage_options(self):
