@@ -83,7 +83,10 @@ class TrainingMonitor(TrainerCallback):
             return
         band = self.cfg.grad_norm_band
         g = logs.get("grad_norm")
-        if band and isinstance(g, (int, float)) and g == g:
+        # a GRPO step whose prompt groups all scored alike has no advantage, so its gradient is 0 by
+        # construction: the rollout monitor reports that (no learning signal), not this band
+        no_signal = logs.get("frac_reward_zero_std") == 1.0
+        if band and isinstance(g, (int, float)) and g == g and not no_signal:
             lo, hi = band
             if g < lo or g > hi:
                 self.health.grad_out_of_band += 1
