@@ -138,3 +138,16 @@ def test_every_stage_gets_its_evidence_and_curves_from_its_summary(tmp_path):
     _, html_path = write_report(d)
     text = html_path.read_text(encoding="utf-8")
     assert "Before and after" in text and "3.1000" in text and "2.6000" in text and "lower is better" in text
+
+
+def test_sample_completions_with_their_rewards_go_into_the_report(tmp_path):
+    """GRPO keeps held-out completions with each reward in summary.details.samples; the report shows them."""
+    d = _run_dir(tmp_path)
+    s = json.loads((d / "summary.json").read_text())
+    s["details"] = {"samples": [{"prompt": "What is 2+3?", "reference": "#### 5", "completion": "2+3=5\n#### 5",
+                                 "rewards": {"gsm8k_answer": 1.0, "gsm8k_format": 1.0}}]}
+    (d / "summary.json").write_text(json.dumps(s))
+    md, html_path = write_report(d)
+    text = md.read_text(encoding="utf-8")
+    assert "## Sample completions (1 held-out, greedy)" in text and "gsm8k_answer 1.000" in text
+    assert "What is 2+3?" in html_path.read_text(encoding="utf-8")

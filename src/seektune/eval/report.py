@@ -211,6 +211,15 @@ def evidence_rows(summary: dict | None) -> list[list[str]]:
     return rows
 
 
+def stage_sample_rows(summary: dict | None) -> list[list[str]]:
+    """Completions a stage kept with their scores (GRPO's held-out replies and their rewards)."""
+    out = []
+    for smp in ((summary or {}).get("details") or {}).get("samples") or []:
+        rewards = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in (smp.get("rewards") or {}).items())
+        out.append([str(smp.get("prompt", "")), str(smp.get("reference", "")), str(smp.get("completion", "")), rewards])
+    return out
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -297,6 +306,13 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
         header = ["measure", "before", "after", "change", "direction", "held-out n"]
         md += ["## Before and after", "", _md_table(header, ev_rows), ""]
         h += ["<h2>Before and after</h2>", _html_table(header, ev_rows)]
+    stage_samples = stage_sample_rows(summary)
+    if stage_samples:
+        header = ["prompt", "reference", "completion", "rewards"]
+        md += [f"## Sample completions ({len(stage_samples)} held-out, greedy)", "",
+               _md_table(header, [[c[:300] for c in row] for row in stage_samples]), ""]
+        h += [f"<h2>Sample completions ({len(stage_samples)} held-out, greedy)</h2><div class='samples'>",
+              _html_table(header, stage_samples), "</div>"]
 
     if plots:
         md += ["## Curves", ""]
