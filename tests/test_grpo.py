@@ -444,6 +444,27 @@ def test_two_grpo_steps_change_the_adapter_and_log_every_reward(tmp_path, preset
     assert s["data"]["accounting"].startswith("12 read = train")
 
 
+@pytest.mark.parametrize("preset, method", [("tiny-deepseek-v2", "lora"), ("tiny-qwen2", "full")])
+def test_grpo_on_deepseek_v2_and_with_full_fine_tuning(tmp_path, preset, method):
+    """DeepSeek-V2 (MLA without q compression + MoE, router frozen) with LoRA, and full fine-tuning:
+    two steps move the trainable weights, and final/ is an adapter or a plain model accordingly."""
+    cfg = _grpo_cfg(tmp_path, preset)
+    cfg.adapter.method = method
+    snap = Snapshot()
+    result = train(cfg, callbacks=[snap])
+    after = dict(result.model.named_parameters())
+    moved = [n for n in snap.before if not torch.equal(snap.before[n], after[n].detach())]
+    assert moved, "no weight moved"
+    if method == "lora":
+        assert all("lora_" in n for n in moved) and not any(".mlp.gate." in n for n in moved)
+        assert any(".mlp.experts." in n for n in moved)  # routed-expert LoRA trains
+        assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+    else:
+        assert any("self_attn.q_proj" in n for n in moved)
+        assert (tmp_path / "run" / "final" / "config.json").exists()
+    assert all("rewards/variety/mean" in r for r in _records(tmp_path / "run") if "loss" in r)
+
+
 @pytest.mark.parametrize("opts, check", [
     ({"beta": 0.05}, "kl"),
     ({"importance_sampling_level": "sequence"}, "gspo"),

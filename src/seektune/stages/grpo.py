@@ -32,8 +32,8 @@ from ..data.templates import get_template
 from ..engine.run import RunFolder
 from ..engine.summary import StageResult, evidence, make_summary
 from ..engine.trainer import SeekTrainerMixin
-from ..eval.generation import GenerationSettings, generate_texts
 from ..data.io import DataError
+from ..eval.generation import GenerationSettings, generate_texts
 from ..eval.rewards import Context, build_rewards
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
@@ -93,8 +93,8 @@ class RolloutMonitor(TrainerCallback):
                 if key == "completions/clipped_ratio":
                     self.health.warn(
                         f"step {step}: {100 * v:.0f}% of completions were cut at grpo.max_completion_length="
-                        f"{self.o.max_completion_length} for {self.streak[key]} logged steps: a cut reply never reaches "
-                        "its answer, so accuracy rewards are 0. Raise grpo.max_completion_length, ask for shorter "
+                        f"{self.o.max_completion_length} for {self.streak[key]} logged steps: a reply cut before its "
+                        "answer scores 0 on accuracy rewards. Raise grpo.max_completion_length, ask for shorter "
                         "reasoning in the prompt, add overlong_penalty, or set grpo.mask_truncated_completions")
                 else:
                     self.health.warn(
