@@ -9,6 +9,10 @@ line to --out.
     python bench/alignment_runs.py --only preference        # DPO, KTO, ORPO, SimPO, same budget
     python bench/alignment_runs.py --only cmmlu
     python bench/alignment_runs.py --only gsm8k --seeds 0 1
+    python bench/alignment_runs.py --only gsm8k --seeds 0 1 --resume   # continue runs cut short
+
+With --resume a run whose folder has a checkpoint continues from it (`seektune train --resume`);
+its steps per minute then count only the steps this process trained.
 """
 
 from __future__ import annotations
@@ -72,14 +76,16 @@ def main() -> None:
     ap.add_argument("--gsm8k-eval", type=int, default=200)
     ap.add_argument("--cmmlu-steps", type=int, default=40)
     ap.add_argument("--pairs", type=int, default=100, help="held-out hh-rlhf pairs for the preference methods")
+    ap.add_argument("--resume", action="store_true", help="continue a run folder that has a checkpoint")
     ap.add_argument("--work", default="runs/bench_alignment")
     ap.add_argument("--out", default="runs/bench_alignment/results.jsonl")
     a = ap.parse_args()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name, example, sets in runs(a):
         run_dir = Path(a.work) / name
-        cmd = [sys.executable, "-m", "seektune", "train", str(REPO / example), "--no-progress", "--overwrite",
-               "--set", f"train.output_dir={run_dir}"]
+        resuming = a.resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
+        cmd = [sys.executable, "-m", "seektune", "train", str(REPO / example), "--no-progress",
+               "--resume" if resuming else "--overwrite", "--set", f"train.output_dir={run_dir}"]
         for s in sets:
             cmd += ["--set", s]
         before = load()
@@ -87,13 +93,15 @@ def main() -> None:
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.time() - t0
         rec = {"run": name, "example": example, "overrides": sets, "rc": r.returncode, "wall_s": round(wall, 1),
-               "load_before": before, "load_after": load(), "date": time.strftime("%Y-%m-%d %H:%M")}
+               "load_before": before, "load_after": load(), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "resumed": bool(resuming)}
         if r.returncode != 0:
             rec["error"] = r.stderr[-3000:]
         else:
             s = json.loads((run_dir / "summary.json").read_text())
-            rec.update(steps=s["steps"], train_s=s["train_seconds"], threads=s["threads"],
-                       steps_per_min=round(60 * s["steps"] / max(1e-9, s["train_seconds"]), 2),
+            start = int(str(s.get("resumed_from") or "checkpoint-0").rsplit("-", 1)[-1]) if resuming else 0
+            rec.update(steps=s["steps"], train_s=s["train_seconds"], threads=s["threads"], resumed_from=s.get("resumed_from"),
+                       steps_per_min=round(60 * (s["steps"] - start) / max(1e-9, s["train_seconds"]), 2),
                        evidence=[{k: e[k] for k in ("key", "before", "after", "n")} for e in s["evidence"]],
                        warnings=len(s["warnings"]))
             m = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
