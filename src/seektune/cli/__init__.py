@@ -169,11 +169,34 @@ def eval_cmd(target: str = typer.Argument(..., help="run folder, adapter folder,
                                                        help="forgetting flag: relative drop (default 0.05)"),
              template: Optional[str] = typer.Option(None, "--template", help="chat template (default: the run's, else auto)"),
              no_ppl: bool = typer.Option(False, "--no-ppl", help="skip perplexity on the references"),
-             threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads")):
-    """Evaluate a base model, an adapter run or a merged model: ROUGE-L, BLEU-4, exact match, perplexity."""
+             threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+             bench: Optional[List[str]] = typer.Option(
+                 None, "--bench", help="benchmark (repeatable): cmmlu, cmmlu:SUBJ,SUBJ, gsm8k, gsm8k:FILE, "
+                 "mcq:FILE[:dev=FILE][:score=text]"),
+             limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                                 help="benchmark questions (a seeded sample stratified by subject)"),
+             shots: Optional[int] = typer.Option(None, "--shots", min=0, help="few-shot examples from the dev split"),
+             seed: int = typer.Option(0, "--seed", help="which questions --limit samples"),
+             chat_template: bool = typer.Option(False, "--chat-template", help="benchmark prompts in the chat template"),
+             cmmlu_dir: Optional[Path] = typer.Option(None, "--cmmlu-dir", help="CMMLU folder with test/ and dev/"),
+             gsm8k_file: Optional[Path] = typer.Option(None, "--gsm8k-file", help="GSM8K test file"),
+             endpoint: Optional[str] = typer.Option(None, "--endpoint",
+                                                    help="score a served model instead: base URL of an OpenAI-compatible server"),
+             tokenizer: Optional[str] = typer.Option(None, "--tokenizer",
+                                                     help="with --endpoint: tokenizer folder (needed for multiple choice)"),
+             no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars")):
+    """Evaluate a base model, an adapter run or a merged model: ROUGE-L, BLEU-4, exact match, perplexity;
+    with --bench, standard benchmarks (lm-evaluation-harness on local files) with 95% intervals."""
     _quiet_libraries()
     from ..eval.run_eval import run_eval
 
+    if bench:
+        _bench_cmd(target, bench, out, base, limit, shots, seed, batch_size, max_new_tokens, chat_template,
+                   cmmlu_dir, gsm8k_file, endpoint, tokenizer, threads, not no_progress)
+        if data is None and general is None:
+            return
+    elif endpoint:
+        _fail("--endpoint scores benchmarks: give --bench too")
     try:
         run_eval(target, str(data) if data else None, str(out) if out else None, base=base,
                  general=str(general) if general else None, template_name=template, samples=samples,
@@ -183,6 +206,42 @@ def eval_cmd(target: str = typer.Argument(..., help="run folder, adapter folder,
                  with_perplexity=not no_ppl, threads=threads)
     except _user_errors() as e:
         _fail(str(e))
+
+
+def _bench_cmd(target, specs, out, base, limit, shots, seed, batch_size, max_tokens, chat_template, cmmlu_dir,
+               gsm8k_file, endpoint, tokenizer, threads, progress):
+    from pydantic import ValidationError
+
+    from ..config import EvalConfig
+    from ..utils.threads import configure_threads
+
+    try:
+        from ..engine.artifacts import ArtifactError, resolve
+        from ..eval.benchmarks import benchmark_target, settings_from_eval
+        from ..eval.report import write_report
+
+        run_cfg = None
+        if not endpoint:
+            try:
+                run_cfg = resolve(target).run_cfg
+            except ArtifactError:
+                run_cfg = None
+        ev = (run_cfg.eval if run_cfg is not None else EvalConfig()).model_copy(update={
+            k: str(v) for k, v in (("cmmlu_dir", cmmlu_dir), ("gsm8k_file", gsm8k_file)) if v is not None})
+        ev = EvalConfig.model_validate({**ev.model_dump(), "benchmarks": list(specs)})
+        configure_threads(threads)
+        settings = settings_from_eval(ev, seed=seed, limit=limit, shots=shots, batch_size=batch_size,
+                                      max_gen_tokens=max_tokens, chat_template=chat_template or None)
+        res = benchmark_target(target, list(specs), str(out) if out else None, base, settings, ev,
+                               endpoint=endpoint, endpoint_model_name=target if endpoint else None,
+                               tokenizer=tokenizer, progress=progress)
+        run_dir = None if endpoint else resolve(target).run_dir
+        md, html = write_report(res.folder, {}, run_files=run_dir)
+        typer.echo(f"benchmark results: {res.folder / 'benchmarks.json'}\nreport: {html}")
+    except _user_errors() as e:
+        _fail(str(e))
+    except ValidationError as e:  # an unknown --bench kind, named by the validator
+        _fail("--bench: " + "; ".join(err["msg"] for err in e.errors()))
 
 
 @app.command("report")

@@ -257,3 +257,29 @@ class EvalConfig(Section):
     max_time_share: float = Field(
         0.2, gt=0, le=1, description="skip a generation eval during training when it would exceed this share of run time")
     report: bool = Field(True, description="write report.md and report.html into the run folder at the end")
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description="standard benchmarks scored on the base model before training and on the tuned model after, "
+                    "by lm-evaluation-harness on local files: cmmlu, cmmlu:SUBJECT,SUBJECT, gsm8k, gsm8k:FILE, "
+                    "mcq:FILE[:dev=FILE][:score=text] (docs/evaluation.md)")
+    benchmark_limit: int | None = Field(
+        None, ge=1, description="questions per benchmark: a seeded sample stratified by subject (default: all)")
+    benchmark_shots: int | None = Field(
+        None, ge=0, description="few-shot examples from the dev split (default: the benchmark's own, CMMLU 0, GSM8K 5)")
+    benchmark_batch_size: int = Field(8, ge=1, description="benchmark batch size (bounds memory)")
+    benchmark_max_tokens: int = Field(256, ge=1, description="GSM8K: generated tokens per answer (the harness's 256)")
+    benchmark_chat_template: bool = Field(
+        False, description="wrap benchmark prompts in the chat template (off: plain prompts, as published numbers are)")
+    cmmlu_dir: str = Field("../shared/data/general/cmmlu", description="CMMLU release folder (test/ and dev/ CSVs)")
+    gsm8k_file: str = Field("../shared/data/reasoning/gsm8k_test.jsonl",
+                            description="GSM8K test file; few-shot examples from gsm8k_train.jsonl beside it")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v: list[str]) -> list[str]:
+        kinds = ("cmmlu", "gsm8k", "mcq")
+        for spec in v:
+            kind = spec.partition(":")[0].strip().lower()
+            if kind not in kinds:
+                raise ValueError(f"unknown benchmark '{spec}' (known: {', '.join(kinds)}; e.g. cmmlu:anatomy, mcq:exam.csv)")
+        return v

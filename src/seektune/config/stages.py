@@ -40,6 +40,8 @@ LOOP = ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch
         "train.keep_checkpoints", "train.layerwise_lr", "train.early_stopping", "train.dropout",
         "train.return_freed_memory", "train.gradient_checkpointing", "train.activation_budget_gb",
         "train.distributed", "train.fsdp.*", "train.deepspeed.*", "monitor.*")
+# benchmarks before and after (stages/__init__.py runs them around any stage that trains a causal LM)
+BENCH = ("eval.benchmarks", "eval.benchmark_*", "eval.cmmlu_dir", "eval.gsm8k_file")
 
 
 @dataclass(frozen=True)
@@ -72,25 +74,25 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "seektune.stages.rm", RMOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
           data="preference"),
     Stage("dpo", "direct preference optimisation on preference pairs (trl DPOTrainer)",
-          "seektune.stages.dpo", DPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
+          "seektune.stages.dpo", DPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + BENCH,
           data="preference"),
     Stage("ppo", "RLHF with PPO against a reward model (seektune's compact loop: trl 1.16 has no PPO)",
           "seektune.stages.ppo", PPOOptions,
           ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT
           + ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.lr",
              "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.save_steps",
-             "train.keep_checkpoints"),
+             "train.keep_checkpoints") + BENCH,
           data="preference", multi_process=False),
     Stage("kto", "Kahneman-Tversky optimisation on desirable/undesirable replies or split pairs (trl KTOTrainer)",
-          "seektune.stages.kto", KTOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP, data="preference"),
+          "seektune.stages.kto", KTOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + BENCH, data="preference"),
     Stage("orpo", "odds-ratio preference optimisation, no reference model (trl.experimental ORPOTrainer)",
-          "seektune.stages.orpo", ORPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP, data="preference"),
+          "seektune.stages.orpo", ORPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + BENCH, data="preference"),
     Stage("simpo", "SimPO / CPO: reference-free, length-normalised preference loss (trl.experimental CPOTrainer)",
-          "seektune.stages.simpo", SimPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
+          "seektune.stages.simpo", SimPOOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + BENCH,
           data="preference"),
     Stage("grpo", "reinforcement learning with verifiable rewards (GRPO, the DeepSeek-R1 method; trl GRPOTrainer)",
           "seektune.stages.grpo", GRPOOptions,
-          ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + ("eval.batch_size", "eval.before_after")),
+          ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP + BENCH + ("eval.batch_size", "eval.before_after")),
 ]}
 
 

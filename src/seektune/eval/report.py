@@ -204,11 +204,70 @@ def evidence_rows(summary: dict | None) -> list[list[str]]:
     """The stage's evidence: what it measured before and after training, on the same held-out data."""
     rows = []
     for r in (summary or {}).get("evidence", []):
+        if str(r.get("key", "")).startswith("bench/"):
+            continue  # the Benchmarks section shows these with their intervals
         b, a = r.get("before"), r.get("after")
         delta = f"{a - b:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
         rows.append([r["name"], _fmt(b, 4), _fmt(a, 4), delta, f"{r.get('better', 'higher')} is better",
                      str(r.get("n") or "-")])
     return rows
+
+
+def _ci(m: dict | None) -> str:
+    if not m:
+        return "-"
+    return f"{m['value']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
+
+
+def benchmark_rows(bench: dict | None) -> list[list[str]]:
+    """One row per benchmark and metric: n, shots, scores with 95% intervals, the paired change, verdict."""
+    if not bench:
+        return []
+    phases = bench.get("phases", {})
+    comp = {(c["bench"], c["metric"]): c for c in bench.get("comparison", [])}
+    rows = []
+    names = list(dict.fromkeys([*phases.get("before", {}), *phases.get("after", {})]))
+    for name in names:
+        b, a = phases.get("before", {}).get(name), phases.get("after", {}).get(name)
+        ref = a or b
+        for metric in ref["metrics"]:
+            c = comp.get((name, metric))
+            change = (f"{c['change']['delta']:+.4f} [{c['change']['low']:+.4f}, {c['change']['high']:+.4f}]"
+                      if c else "-")
+            rows.append([name, metric, str(ref["n"]), str(ref.get("shots", "-")),
+                         _ci(b["metrics"].get(metric)) if b else "-", _ci(a["metrics"].get(metric)) if a else "-",
+                         change, c["verdict"] if c else "-"])
+    return rows
+
+
+def benchmark_plot(bench: dict | None) -> bytes | None:
+    """Before/after bars with 95% intervals, one group per benchmark (its first metric)."""
+    if not bench or not bench.get("phases"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = bench["phases"]
+    names = list(dict.fromkeys([*phases.get("before", {}), *phases.get("after", {})]))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 2), 3.4))
+    width = 0.38
+    for j, (phase, color) in enumerate((("before", "#9e9e9e"), ("after", "#1f77b4"))):
+        xs, ys, lo, hi = [], [], [], []
+        for i, name in enumerate(names):
+            r = phases.get(phase, {}).get(name)
+            if not r:
+                continue
+            m = r["metrics"][next(iter(r["metrics"]))]
+            xs.append(i + (j - 0.5) * width), ys.append(m["value"])
+            lo.append(m["value"] - m["low"]), hi.append(m["high"] - m["value"])
+        if xs:
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, color=color, label=phase)
+    ax.set_xticks(range(len(names)), [f"{n}\n{next(iter((phases.get('after') or phases.get('before'))[n]['metrics']))}"
+                                      for n in names], fontsize=8)
+    ax.set_ylabel("score"), ax.grid(alpha=0.3, axis="y"), ax.legend(), ax.set_title("Benchmarks (95% intervals)")
+    return _png(fig)
 
 
 def stage_sample_rows(summary: dict | None) -> list[list[str]]:
@@ -285,7 +344,21 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
          f"<p class='meta'>Run folder <code>{html.escape(str(run_dir))}</code>, written {stamp}.</p>"]
 
+    from .benchmarks.results import load_results
+
+    bench = load_results(run_dir)
+    bench_png = benchmark_plot(bench)
+    if bench_png:
+        plots["benchmarks"] = ("Benchmarks before and after, 95% intervals", bench_png)
+        (files / "benchmarks.png").write_bytes(bench_png)
+
     # forgetting alert first: the one thing a reader must not miss
+    lost = [c for c in (bench or {}).get("comparison", []) if c.get("forgetting")]
+    if lost:
+        txt = "; ".join(f"{c['bench']} {c['metric']} {c['before']['value']:.4f} -> {c['after']['value']:.4f} "
+                        f"(change 95% [{c['change']['low']:+.4f}, {c['change']['high']:+.4f}])" for c in lost)
+        md += [f"> **FORGETTING WARNING**: benchmark loss beyond the noise: {txt}", ""]
+        h.append(f"<p class='alert'>Forgetting warning: benchmark loss beyond the noise: {html.escape(txt)}</p>")
     flagged = []
     thr = (evald or {}).get("forgetting_threshold", 0.05)
     if evald and "general" in evald.get("sets", {}):
@@ -306,6 +379,14 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
         header = ["measure", "before", "after", "change", "direction", "held-out n"]
         md += ["## Before and after", "", _md_table(header, ev_rows), ""]
         h += ["<h2>Before and after</h2>", _html_table(header, ev_rows)]
+    brows = benchmark_rows(bench)
+    if brows:
+        header = ["benchmark", "metric", "questions", "shots", "before [95%]", "after [95%]", "change [95%]", "verdict"]
+        note = ("Scored by lm-evaluation-harness on local files; the change is paired over the same questions, "
+                "and a change whose interval contains 0 is within noise.")
+        md += ["## Benchmarks", "", note, "", _md_table(header, brows), ""]
+        h += ["<h2>Benchmarks</h2>", f"<p>{html.escape(note)}</p>",
+              _html_table(header, brows, [r[-1] == "loss" for r in brows])]
     stage_samples = stage_sample_rows(summary)
     if stage_samples:
         header = ["prompt", "reference", "completion", "rewards"]

@@ -37,7 +37,13 @@ def run_stage(cfg, resume: bool = False, overwrite: bool = False, progress: bool
     t0 = time.time()
     mod = recipe(cfg.train.stage)
     run = RunFolder.start(cfg, resume=resume, overwrite=overwrite)
+    bench = _benchmarks(cfg, run, progress)
+    if bench is not None:
+        bench.before()
     result = mod.run(cfg, run, progress=progress, callbacks=list(callbacks or []), **recipe_kw)
+    if bench is not None:
+        rows = bench.after(result.model, result.tokenizer)
+        result.summary.setdefault("evidence", []).extend(_bench_evidence(rows))
     summary = finish(result.summary, t0)
     if run.main:
         run.write_json("summary.json", summary)
@@ -45,6 +51,32 @@ def run_stage(cfg, resume: bool = False, overwrite: bool = False, progress: bool
             log(f"report: {write_report(run.path)[1]}")
         print_summary(summary)
     return result
+
+
+def _benchmarks(cfg, run: RunFolder, progress: bool):
+    """`eval.benchmarks`: the same questions on the base model before the stage and the tuned model after."""
+    if not cfg.eval.benchmarks:
+        return None
+    from ..eval.benchmarks import RunBenchmarks
+    from ..utils.dist import world_size
+
+    if world_size() > 1:
+        raise ConfigError("eval.benchmarks: not run under --nproc > 1 (the other ranks would wait on rank 0); "
+                          "score the run afterwards with `seektune eval RUN --bench ... --base`")
+    return RunBenchmarks(cfg, run.path, resume=bool(run.resume_from), progress=progress)
+
+
+def _bench_evidence(rows: list[dict]) -> list[dict]:
+    from ..engine.summary import evidence
+
+    out = []
+    for r in rows:
+        e = evidence(f"{r['bench']} {r['metric']}", round(r["before"]["value"], 4), round(r["after"]["value"], 4),
+                     n=r["change"]["n"], key=f"bench/{r['bench']}/{r['metric']}")
+        e.update(change_low=round(r["change"]["low"], 4), change_high=round(r["change"]["high"], 4),
+                 verdict=r["verdict"])
+        out.append(e)
+    return out
 
 
 def preview(cfg, n: int = 3):
