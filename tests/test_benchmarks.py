@@ -252,3 +252,61 @@ def test_cli_bench_on_a_run_with_base_and_bad_spec(tmp_path, alpaca_file, mcq_fi
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown benchmark 'mmlu'" in (r.stderr + r.stdout)
     assert "Traceback" not in r.stderr
+
+
+def test_a_served_model_scores_as_the_loaded_one(tmp_path, mcq_file):
+    """`seektune eval --endpoint`: the harness's API client over `seektune serve`'s echo + logprobs
+    gives the same option log-likelihoods as the in-process model (a deployed model, scored the same way)."""
+    from seektune.eval.benchmarks.harness import endpoint_model
+    from seektune.serve.server import ServeOptions, ThreadedServer, build_app, load_for_serving
+
+    loaded = load_for_serving("tiny-qwen2")
+    app, _ = build_app(loaded, ServeOptions(api_key="", model_name="tiny", context_length=512, max_tokens=8))
+    server = ThreadedServer(app).start()
+    try:
+        (b,) = parse_all([f"mcq:{mcq_file}"], _ev(tmp_path), tmp_path / "w")
+        tok_dir = tmp_path / "tok"
+        loaded.tok.save_pretrained(str(tok_dir))
+        s = BenchSettings()
+        _, api_rows = run_benchmarks(endpoint_model(server.url, "tiny", str(tok_dir), s), [b], s, progress=False)
+        _, local_rows = run_benchmarks(harness_model(loaded.model, loaded.tok, s), [b], s, progress=False)
+    finally:
+        server.stop()
+    api = {r["id"]: r for r in api_rows}
+    for r in local_rows:
+        assert api[r["id"]]["loglikelihoods"] == pytest.approx(r["loglikelihoods"], abs=1e-3)
+        assert api[r["id"]]["acc"] == r["acc"]
+
+
+def test_serve_scoring_requests_are_checked():
+    from seektune.serve.server import ServeOptions, ThreadedServer, build_app, load_for_serving
+    import urllib.error
+    import urllib.request
+
+    app, _ = build_app(load_for_serving("tiny-qwen2"), ServeOptions(api_key="", model_name="tiny", context_length=64))
+    server = ThreadedServer(app).start()
+
+    def post(body):
+        req = urllib.request.Request(server.url + "/v1/completions", data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        code, out = post({"model": "tiny", "prompt": [[5, 6, 7]], "echo": True, "logprobs": 2, "max_tokens": 1})
+        assert code == 200
+        lp = out["choices"][0]["logprobs"]
+        assert lp["token_logprobs"][0] is None and len(lp["token_logprobs"]) == 4
+        assert all(len(t) <= 2 for t in lp["top_logprobs"][1:])
+        assert max(lp["top_logprobs"][-1].values()) == pytest.approx(lp["token_logprobs"][-1])  # greedy next token
+        code, out = post({"model": "tiny", "prompt": "hi", "logprobs": 1, "max_tokens": 4})
+        assert code == 400 and out["error"]["param"] == "echo"
+        code, out = post({"model": "tiny", "prompt": [list(range(80))], "echo": True, "logprobs": 1, "max_tokens": 1})
+        assert code == 400 and out["error"]["code"] == "context_length_exceeded"
+        code, out = post({"model": "tiny", "prompt": [[10 ** 7]], "echo": True, "logprobs": 1, "max_tokens": 1})
+        assert code == 400 and "token ids" in out["error"]["message"]
+    finally:
+        server.stop()

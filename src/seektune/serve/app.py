@@ -53,7 +53,9 @@ class ChatBody(_Body):
 
 
 class CompletionBody(_Body):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
 
 
 @dataclass
@@ -252,10 +254,49 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": _finish(info)}], "usage": usage(info)}
 
+    async def score(body: CompletionBody):
+        """echo + logprobs with at most one new token: the prompt's own log-probabilities (benchmarks)."""
+        if not body.echo or body.logprobs is None:
+            raise ApiError(400, "logprobs are returned for the prompt only: send echo=true with logprobs "
+                                "(and max_tokens 1)", param="echo" if not body.echo else "logprobs")
+        if (body.max_tokens or 1) > 1 or body.stream:
+            raise ApiError(400, "echo with logprobs scores the prompt: max_tokens must be 1, without stream",
+                           param="max_tokens")
+        p = body.prompt
+        if isinstance(p, str):
+            prompts = [tok(p, add_special_tokens=False)["input_ids"]]
+        elif p and isinstance(p[0], int):
+            prompts = [list(p)]
+        elif p and isinstance(p[0], str):
+            prompts = [tok(x, add_special_tokens=False)["input_ids"] for x in p]
+        else:
+            prompts = [list(x) for x in p]
+        vocab = len(tok)
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise ApiError(400, f"prompt {i} is empty", param="prompt")
+            if len(ids) + 1 > settings.context_length:
+                raise ApiError(400, f"prompt {i} has {len(ids)} tokens; this model's context is "
+                                    f"{settings.context_length}", param="prompt", code="context_length_exceeded")
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise ApiError(400, f"prompt {i} holds token ids outside 0..{vocab - 1}", param="prompt")
+        outs = await batcher.score(prompts, body.logprobs)
+        n_prompt = sum(o["prompt_tokens"] for o in outs)
+        return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": int(time.time()),
+                "model": settings.model_name,
+                "choices": [{"index": i, "text": o["text"], "finish_reason": "length",
+                             "logprobs": {k: o[k] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}}
+                            for i, o in enumerate(outs)],
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": len(outs), "total_tokens": n_prompt + len(outs)}}
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await parse(request, CompletionBody)
         prompt = body.prompt
+        if body.echo or body.logprobs is not None:
+            return await score(body)
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
+            raise ApiError(400, "token-id prompts are accepted for scoring (echo with logprobs) only", param="prompt")
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise ApiError(400, "send one prompt per request (a list of exactly one string)", param="prompt")

@@ -56,6 +56,30 @@ class Engine:
             self.eos_ids.add(tok.eos_token_id)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_ids))
 
+    def prompt_logprobs(self, ids: list[int], top: int) -> dict:
+        """OpenAI `echo` + `logprobs` for one prompt: each prompt token's log-probability given the tokens
+        before it (the first has none), the `top` likeliest tokens at each position, and one greedy token
+        after the prompt. This is what log-likelihood benchmarks over an API read (lm-eval's
+        local-completions)."""
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        nxt = int(logp[-1].argmax())
+        seq = list(ids) + [nxt]
+        token_lp: list[float | None] = [None] + [float(logp[i - 1, seq[i]]) for i in range(1, len(seq))]
+        tops: list[dict | None] = [None]
+        k = max(1, top)
+        for i in range(1, len(seq)):
+            v, j = logp[i - 1].topk(k)
+            tops.append({self.tok.decode([int(t)]): float(x) for x, t in zip(v, j)})
+        tokens = [self.tok.decode([t]) for t in seq]
+        offsets, pos = [], 0
+        for t in tokens:
+            offsets.append(pos)
+            pos += len(t)
+        return {"text": "".join(tokens), "tokens": tokens, "token_logprobs": token_lp, "top_logprobs": tops,
+                "text_offset": offsets, "prompt_tokens": len(ids)}
+
     def _next_tokens(self, logits: torch.Tensor, reqs: list[GenRequest], gens: list) -> torch.Tensor:
         nxt = logits.argmax(-1)
         for i, r in enumerate(reqs):
@@ -295,6 +319,12 @@ class DynamicBatcher:
                     r.emit("error", f"generation failed: {type(e).__name__}: {e}")
             self.stats.busy_seconds += time.perf_counter() - t0
             self.stats.batches += 1
+
+    async def score(self, prompts: list[list[int]], top: int) -> list[dict]:
+        """Prompt log-probabilities, on the generation thread (one model call at a time)."""
+        loop = asyncio.get_running_loop()
+        self.stats.requests += len(prompts)
+        return [await loop.run_in_executor(self._pool, self.engine.prompt_logprobs, ids, top) for ids in prompts]
 
     def _on_step(self, rows: int) -> None:
         """Live statistics (read by /health and the benchmark while a decode loop runs)."""

@@ -138,6 +138,25 @@ def base_of(art):
     return None
 
 
+def _tokenizer_folder(name: str | None, out: Path) -> str | None:
+    """--tokenizer as a folder the harness can load: a folder as is; a run, model folder or preset through
+    seektune's loader, saved under OUT/tokenizer (the harness counts the prompt's tokens with it)."""
+    if not name:
+        return None
+    p = Path(name)
+    if p.is_dir() and (p / "tokenizer_config.json").exists():
+        return str(p)
+    from ...config import ModelConfig
+    from ...engine.artifacts import resolve
+    from ...models.loader import load_tokenizer
+
+    art = resolve(name)
+    mcfg = art.run_cfg.model if art.run_cfg is not None else ModelConfig(name_or_path=str(art.base_path or art.path))
+    folder = out / "tokenizer"
+    load_tokenizer(mcfg).save_pretrained(str(folder))
+    return str(folder)
+
+
 def benchmark_target(target: str, specs: list[str], out_dir: str | None, base: bool, settings: BenchSettings,
                      eval_cfg, endpoint: str | None = None, endpoint_model_name: str | None = None,
                      tokenizer: str | None = None, progress: bool = True) -> BenchmarkResults:
@@ -148,7 +167,7 @@ def benchmark_target(target: str, specs: list[str], out_dir: str | None, base: b
         out = Path(out_dir or Path("runs") / f"eval-{(endpoint_model_name or 'endpoint').replace('/', '_')}")
         benches = parse_all(specs, eval_cfg, out / "benchmarks")
         res = BenchmarkResults(out)
-        lm = endpoint_model(endpoint, endpoint_model_name or target, tokenizer, settings)
+        lm = endpoint_model(endpoint, endpoint_model_name or target, _tokenizer_folder(tokenizer, out), settings)
         results, rows = run_benchmarks(lm, benches, settings, label=f"endpoint {endpoint}", progress=progress)
         res.meta["settings"] = settings.__dict__
         res.add("after", results, rows, model=f"{endpoint} ({endpoint_model_name or target})")
