@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "seektune.stages": 6,
     "seektune.export": 7,
     "seektune.serve": 7,
+    "seektune.tune": 7,
     "seektune.cli": 8,
     "seektune.demo": 8,
     "seektune.__main__": 8,

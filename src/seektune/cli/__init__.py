@@ -93,6 +93,25 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
         _fail(str(e))
 
 
+@app.command()
+def tune(config: Path = typer.Argument(..., help="YAML run configuration with a tune: section"),
+         set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
+         trials: Optional[int] = typer.Option(None, "--trials", min=1, help="finished trials to reach (default tune.trials)"),
+         progress: bool = typer.Option(False, "--progress", help="progress bars inside each trial")):
+    """Hyperparameter search (Optuna) over tune.space; resumes its study; best config in OUTPUT_DIR/tune/best.yaml."""
+    _quiet_libraries()
+    from ..tune import run_tune
+
+    try:
+        s = run_tune(config, set_ or [], trials=trials, progress=progress)
+    except _user_errors() as e:
+        _fail(str(e))
+    b = s.get("best")
+    typer.echo(f"{s['trials']} trials ({', '.join(f'{v} {k}' for k, v in s['states'].items() if v)}); "
+               + (f"best trial {b['trial']}: {s['objective']} = {b['value']:.6g}\nseektune train {b['yaml']}"
+                  if b else "no trial completed"))
+
+
 @app.command("stages")
 def list_stages():
     """List the training stages (train.stage) with their own config section."""

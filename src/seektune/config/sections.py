@@ -217,6 +217,66 @@ class TrainConfig(Section):
         return v
 
 
+class TuneConfig(Section):
+    """`seektune tune` (Optuna): a search over any dotted config key; each trial is an ordinary run folder
+    under <train.output_dir>/tune/, the best config lands in <train.output_dir>/tune/best.yaml."""
+
+    trials: int = Field(20, ge=1, description="finished trials the study aims for (all workers together)")
+    timeout: float | str | None = Field(
+        None, description="stop starting new trials after this long: seconds, or '90m', '2h' (default: no limit)")
+    objective: str = Field(
+        "eval_loss", description="what a trial is scored by: a metric the stage logs at evaluation "
+        "(eval_loss, eval_accuracy, eval_f1, ...) or an evidence key of its summary (bench/cmmlu/acc)")
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="auto: minimize losses and perplexities, maximize everything else")
+    space: dict[str, dict | list] = Field(
+        default_factory=dict, description="dotted key -> {low, high, log?, step?} (a range) or a list of choices")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler (TPE: Optuna's default)")
+    pruner: Literal["median", "hyperband", "wilcoxon", "none"] = Field(
+        "median", description="stop a trial early from the evaluations it reports (needs train.eval_steps)")
+    startup_trials: int = Field(3, ge=0, description="trials that are never pruned (and sampled at random by TPE)")
+    baseline: bool = Field(True, description="the first trial runs the config's own values (the default to beat)")
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default sqlite:///<train.output_dir>/tune/study.db (resumes after a "
+        "crash); an RDB URL or a JournalFS file lets several workers share one study")
+    study_name: str | None = Field(None, description="default: the name of train.output_dir")
+    test_data: str | None = Field(
+        None, description="held-out test file no trial sees: the baseline and the best trial are scored on it once, "
+        "at the end")
+    seed: int = Field(0, description="sampler seed")
+
+    @field_validator("space")
+    @classmethod
+    def _space_shape(cls, v: dict) -> dict:
+        for key, spec in v.items():
+            if "." not in key:
+                raise ValueError(f"tune.space: '{key}' is not a dotted config key (e.g. train.lr)")
+            if isinstance(spec, list):
+                if not spec:
+                    raise ValueError(f"tune.space.{key}: an empty list of choices")
+            else:
+                extra = set(spec) - {"low", "high", "log", "step"}
+                if extra or not {"low", "high"} <= set(spec):
+                    raise ValueError(f"tune.space.{key}: a range is {{low, high, log?, step?}} (got {sorted(spec)})")
+                if not spec["low"] < spec["high"]:
+                    raise ValueError(f"tune.space.{key}: low must be below high")
+                if spec.get("log") and spec["low"] <= 0:
+                    raise ValueError(f"tune.space.{key}: a log range needs low > 0")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v):
+        if v is None or isinstance(v, (int, float)):
+            return v
+        import re
+
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(v))
+        if not m:
+            raise ValueError(f"tune.timeout: '{v}' is not a duration (seconds, or e.g. 90m, 2h)")
+        return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
 class DeployConfig(Section):
     """`seektune export / prune / serve` settings (CLI flags override these)."""
     export_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights dtype of `seektune export`")

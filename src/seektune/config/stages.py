@@ -25,9 +25,9 @@ from .options.simpo import SimPOOptions
 from .options.ppo import PPOOptions
 from .options.rm import RMOptions
 
-# keys every stage honours, and keys that belong to later commands (export, serve read `deploy`)
+# keys every stage honours, and keys that belong to other commands (export, serve read `deploy`; tune `tune`)
 ALWAYS = ("train.stage", "train.output_dir", "train.seed", "train.resume", "train.num_threads", "deploy.*",
-          "eval.report")
+          "tune.*", "eval.report")
 MODEL = ("model.name_or_path", "model.task", "model.trust_remote_code", "model.dtype", "model.attn_implementation",
          "model.tokenizer")
 DATA = ("data.train", "data.eval", "data.format", "data.eval_ratio", "data.max_eval_samples", "data.max_samples",
