@@ -60,11 +60,17 @@ def print_comparison(res: BenchmarkResults) -> None:
 def measure_phase(model, tokenizer, benches: list[Bench], settings: BenchSettings, res: BenchmarkResults,
                   phase: str, label: str, progress: bool = True) -> None:
     was_training = getattr(model, "training", False)
+    cfg = getattr(model, "config", None)
+    use_cache = getattr(cfg, "use_cache", None)
     model.eval()
+    if cfg is not None:
+        cfg.use_cache = True  # training with gradient checkpointing turns the KV cache off; generation needs it
     try:
         results, rows = run_benchmarks(harness_model(model, tokenizer, settings), benches, settings,
                                        label=f"{phase} ({label})", progress=progress)
     finally:
+        if cfg is not None and use_cache is not None:
+            cfg.use_cache = use_cache
         if was_training:
             model.train()
     res.meta["settings"] = settings.__dict__
