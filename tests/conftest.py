@@ -29,14 +29,33 @@ def shared_data(rel: str) -> Path:
     return p
 
 
-@pytest.fixture
-def alpaca_file(tmp_path) -> Path:
-    p = tmp_path / "alpaca.jsonl"
+def write_alpaca(p: Path) -> Path:
+    """24 small Alpaca records (the QA pairs above, numbered)."""
     with open(p, "w", encoding="utf-8") as f:
         for i in range(24):
             q, a = QA[i % len(QA)]
             f.write(json.dumps({"instruction": q, "input": "", "output": f"{a} ({i})"}, ensure_ascii=False) + "\n")
     return p
+
+
+@pytest.fixture
+def alpaca_file(tmp_path) -> Path:
+    return write_alpaca(tmp_path / "alpaca.jsonl")
+
+
+def kill_when_exists(cmd: list[str], path: Path, timeout: float = 600) -> None:
+    """Start `cmd`, SIGKILL it as soon as `path` exists (a checkpoint marker, a trial folder)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"the run never wrote {path}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def tiny_config(tmp_path, train_file, model="tiny-qwen2", **over):

@@ -10,16 +10,14 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import train
+from conftest import kill_when_exists, train
 from seektune.engine.checkpoint import COMPLETE
 
 GOOD = [("Is water wet?", "Yes, water makes things wet.", "Purple monkey dishwasher."),
@@ -94,16 +92,6 @@ def _pref_yaml(stage: str, data: dict, out: Path) -> str:
             f"{stage}: {{max_prompt_length: 24}}\n")
 
 
-def _kill_at_checkpoint(cmd, ckpt: Path, timeout: float = 600) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert ckpt.exists(), f"the run never wrote {ckpt}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.fixture(scope="module", params=["dpo", "rm"])
 def resumed(request, data, tmp_path_factory):
     """An uninterrupted run and a run SIGKILLed after checkpoint-4 then resumed (--resume)."""
@@ -114,7 +102,7 @@ def resumed(request, data, tmp_path_factory):
     killed.write_text(_pref_yaml(stage, data, tmp / "killed"))
     r_full = subprocess.run(_train_cmd(full), capture_output=True, text=True, timeout=600)
     assert r_full.returncode == 0, r_full.stderr[-3000:]
-    _kill_at_checkpoint(_train_cmd(killed), tmp / "killed" / "checkpoints" / "checkpoint-4" / COMPLETE)
+    kill_when_exists(_train_cmd(killed), tmp / "killed" / "checkpoints" / "checkpoint-4" / COMPLETE)
     left = os.listdir(tmp / "killed" / "checkpoints")
     assert "checkpoint-8" not in left and not (tmp / "killed" / "final").exists(), left
     r = subprocess.run(_train_cmd(killed, "--resume"), capture_output=True, text=True, timeout=600)

@@ -1,17 +1,15 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import tiny_config, train
+from conftest import kill_when_exists, tiny_config, train
 from seektune.config import LayerwiseLR
 from seektune.stages import sft as sft_mod
 from seektune.engine.optim import build_param_groups, lr_factor
@@ -129,14 +127,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, alpaca_file):
     killed.write_text(base.replace("OUT", str(tmp_path / "killed")))
     subprocess.run(_train_cmd(full), check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoints" / "checkpoint-6" / CHECKPOINT_COMPLETE
-    deadline = time.time() + 600
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert ckpt.exists(), "the run never wrote checkpoint-6"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(_train_cmd(killed), tmp_path / "killed" / "checkpoints" / "checkpoint-6" / CHECKPOINT_COMPLETE)
     assert "checkpoint-12" not in os.listdir(tmp_path / "killed" / "checkpoints")
 
     r = subprocess.run(_train_cmd(killed, "--resume"), capture_output=True, text=True, timeout=600)

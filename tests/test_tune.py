@@ -5,29 +5,20 @@ best.yaml reproduces the best trial's metric."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import kill_when_exists, write_alpaca
 from seektune.config import ConfigError
 
 
 @pytest.fixture(scope="module")
 def alpaca_file_module(tmp_path_factory):
-    from conftest import QA
-
-    p = tmp_path_factory.mktemp("data") / "alpaca.jsonl"
-    with open(p, "w", encoding="utf-8") as f:
-        for i in range(24):
-            q, a = QA[i % len(QA)]
-            f.write(json.dumps({"instruction": q, "input": "", "output": f"{a} ({i})"}, ensure_ascii=False) + "\n")
-    return p
+    return write_alpaca(tmp_path_factory.mktemp("data") / "alpaca.jsonl")
 
 
 def _cfg(tmp_path, train_file, **tune) -> Path:
@@ -62,15 +53,8 @@ def study_killed_then_resumed(tmp_path_factory, alpaca_file_module):
     """`seektune tune` SIGKILLed once its first trial is done, then the same command again."""
     tmp = tmp_path_factory.mktemp("tune")
     cfg = _cfg(tmp, alpaca_file_module, trials=3)
-    proc = subprocess.Popen([sys.executable, "-m", "seektune", "tune", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    second = tmp / "run" / "tune" / "trial_001"
-    deadline = time.time() + 600
-    while not second.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert second.exists(), "the first trial never finished"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # trial_001 appears once the first trial is done
+    kill_when_exists([sys.executable, "-m", "seektune", "tune", str(cfg)], tmp / "run" / "tune" / "trial_001")
     killed = _study(tmp)
     r = _cli("tune", str(cfg))
     return {"tmp": tmp, "cfg": cfg, "killed": killed, "resume": r}
