@@ -239,12 +239,13 @@ def _bench_cmd(target, specs, out, base, limit, shots, seed, batch_size, max_tok
         from ..eval.benchmarks import benchmark_target, settings_from_eval
         from ..eval.report import write_report
 
-        run_cfg = None
+        art = None
         if not endpoint:
             try:
-                run_cfg = resolve(target).run_cfg
+                art = resolve(target)
             except ArtifactError:
-                run_cfg = None
+                art = None  # benchmark_target names the problem
+        run_cfg = art.run_cfg if art is not None else None
         ev = (run_cfg.eval if run_cfg is not None else EvalConfig()).model_copy(update={
             k: str(v) for k, v in (("cmmlu_dir", cmmlu_dir), ("gsm8k_file", gsm8k_file)) if v is not None})
         ev = EvalConfig.model_validate({**ev.model_dump(), "benchmarks": list(specs)})
@@ -254,8 +255,7 @@ def _bench_cmd(target, specs, out, base, limit, shots, seed, batch_size, max_tok
         res = benchmark_target(target, list(specs), str(out) if out else None, base, settings, ev,
                                endpoint=endpoint, endpoint_model_name=target if endpoint else None,
                                tokenizer=tokenizer, progress=progress)
-        run_dir = None if endpoint else resolve(target).run_dir
-        md, html = write_report(res.folder, {}, run_files=run_dir)
+        md, html = write_report(res.folder, {}, run_files=art.run_dir if art is not None else None)
         typer.echo(f"benchmark results: {res.folder / 'benchmarks.json'}\nreport: {html}")
     except _user_errors() as e:
         _fail(str(e))

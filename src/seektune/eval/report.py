@@ -59,7 +59,7 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -86,14 +86,14 @@ def make_plots(metrics: list[dict], evald: dict | None, curves: list[dict] | Non
             ax.plot(ex, ey, "o-", label="eval loss", color="#d62728")
         ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3), ax.legend()
         ax.set_title("Loss")
-        plots["loss"] = ("Training and eval loss", _png(fig))
+        plots["loss"] = ("Training and eval loss", png_bytes(fig))
     xs, ys = _series(metrics, "lr")
     if xs:
         fig, ax = plt.subplots(figsize=(6, 3.0))
         ax.plot(xs, ys, color="#2ca02c")
         ax.set_xlabel("step"), ax.set_ylabel("learning rate"), ax.grid(alpha=0.3), ax.set_title("Learning rate")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        plots["lr"] = ("Learning rate schedule", _png(fig))
+        plots["lr"] = ("Learning rate schedule", png_bytes(fig))
     # the stage's own curves, as its summary.json names them (no per-stage code here)
     for i, spec in enumerate(curves or []):
         keys = [k for k in spec.get("keys", []) if _series(metrics, k)[0]]
@@ -104,7 +104,7 @@ def make_plots(metrics: list[dict], evald: dict | None, curves: list[dict] | Non
             ax.plot(*_series(metrics, k), "o-", ms=3, label=k)
         ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
         ax.set_title(spec.get("title", ""))
-        plots[f"stage_curve_{i}"] = (spec.get("title", "stage curve"), _png(fig))
+        plots[f"stage_curve_{i}"] = (spec.get("title", "stage curve"), png_bytes(fig))
     if evald:
         bars = []
         for set_name, r in evald.get("sets", {}).items():
@@ -119,7 +119,7 @@ def make_plots(metrics: list[dict], evald: dict | None, curves: list[dict] | Non
             ax.set_xticks(list(idx), [b[0] for b in bars], fontsize=8)
             ax.set_ylabel("score (0-100)"), ax.grid(alpha=0.3, axis="y"), ax.legend()
             ax.set_title("Before / after")
-            plots["before_after"] = ("Before / after on the same records and decoding", _png(fig))
+            plots["before_after"] = ("Before / after on the same records and decoding", png_bytes(fig))
     return plots
 
 
@@ -267,7 +267,7 @@ def benchmark_plot(bench: dict | None) -> bytes | None:
     ax.set_xticks(range(len(names)), [f"{n}\n{next(iter((phases.get('after') or phases.get('before'))[n]['metrics']))}"
                                       for n in names], fontsize=8)
     ax.set_ylabel("score"), ax.grid(alpha=0.3, axis="y"), ax.legend(), ax.set_title("Benchmarks (95% intervals)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def stage_sample_rows(summary: dict | None) -> list[list[str]]:
@@ -279,7 +279,7 @@ def stage_sample_rows(summary: dict | None) -> list[list[str]]:
     return out
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
@@ -372,26 +372,26 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
 
     for heading, rows in (("Configuration", config_rows(cfg, summary)), ("Data", data_rows(cfg, summary))):
         if rows:
-            md += [f"## {heading}", "", _md_table(["item", "value"], rows), ""]
+            md += [f"## {heading}", "", md_table(["item", "value"], rows), ""]
             h += [f"<h2>{heading}</h2>", _html_table(["", ""], rows)]
     ev_rows = evidence_rows(summary)
     if ev_rows:
         header = ["measure", "before", "after", "change", "direction", "held-out n"]
-        md += ["## Before and after", "", _md_table(header, ev_rows), ""]
+        md += ["## Before and after", "", md_table(header, ev_rows), ""]
         h += ["<h2>Before and after</h2>", _html_table(header, ev_rows)]
     brows = benchmark_rows(bench)
     if brows:
         header = ["benchmark", "metric", "questions", "shots", "before [95%]", "after [95%]", "change [95%]", "verdict"]
         note = ("Scored by lm-evaluation-harness on local files; the change is paired over the same questions, "
                 "and a change whose interval contains 0 is within noise.")
-        md += ["## Benchmarks", "", note, "", _md_table(header, brows), ""]
+        md += ["## Benchmarks", "", note, "", md_table(header, brows), ""]
         h += ["<h2>Benchmarks</h2>", f"<p>{html.escape(note)}</p>",
               _html_table(header, brows, [r[-1] == "loss" for r in brows])]
     stage_samples = stage_sample_rows(summary)
     if stage_samples:
         header = ["prompt", "reference", "completion", "rewards"]
         md += [f"## Sample completions ({len(stage_samples)} held-out, greedy)", "",
-               _md_table(header, [[c[:300] for c in row] for row in stage_samples]), ""]
+               md_table(header, [[c[:300] for c in row] for row in stage_samples]), ""]
         h += [f"<h2>Sample completions ({len(stage_samples)} held-out, greedy)</h2><div class='samples'>",
               _html_table(header, stage_samples), "</div>"]
 
@@ -418,7 +418,7 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
                 rows = comparison_rows(r)
                 header = ["metric", "before (base)", "after (tuned)", "change", "relative"]
                 md_rows = [[("**" + c + "** (drop)" if f and i == 0 else c) for i, c in enumerate(row)] for row, f in rows]
-                md += [_md_table(header, md_rows), ""]
+                md += [md_table(header, md_rows), ""]
                 h.append(_html_table(header, [row for row, _ in rows], [f for _, f in rows]))
                 if set_name == "general":
                     ok = not any(f for _, f in rows)
@@ -430,7 +430,7 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
                     h.append(f"<p class='{'ok' if ok else 'alert'}'>{html.escape((ret + '. ' if ret else '') + verdict)}</p>")
             else:
                 rows = single_rows(r)
-                md += [_md_table(["metric", "value"], rows), ""]
+                md += [md_table(["metric", "value"], rows), ""]
                 h.append(_html_table(["metric", "value"], rows))
             samples = _samples(evald, set_name)
             if samples:
@@ -444,7 +444,7 @@ def write_report(run_dir: str | Path, eval_payload: dict | None = None, title: s
                     if "after (tuned)" in cols:
                         row.append(s["after"] or "")
                     rows.append(row)
-                md += [f"Sample generations ({len(samples)} shown):", "", _md_table(cols, [[c[:300] for c in row] for row in rows]), ""]
+                md += [f"Sample generations ({len(samples)} shown):", "", md_table(cols, [[c[:300] for c in row] for row in rows]), ""]
                 h.append(f"<p>Sample generations ({len(samples)} shown):</p><div class='samples'>"
                          + _html_table(cols, rows) + "</div>")
     h.append("</body></html>")

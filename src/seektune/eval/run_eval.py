@@ -166,7 +166,7 @@ def _json_default(o):
 # `seektune eval TARGET`
 # --------------------------------------------------------------------------------------------
 
-def _model_cfg(art):
+def artifact_model_config(art):
     """The ModelConfig that loads an artifact's model (the base, for adapters)."""
     from ..config import ModelConfig
 
@@ -177,11 +177,11 @@ def _model_cfg(art):
     return ModelConfig(name_or_path=str(art.path))
 
 
-def _tokenizer_for(art):
+def artifact_tokenizer(art):
     from ..models.loader import load_tokenizer
 
     if art.kind == "adapter" and (art.path / "tokenizer_config.json").exists():
-        return load_tokenizer(_model_cfg(art), str(art.path))
+        return load_tokenizer(artifact_model_config(art), str(art.path))
     return None
 
 
@@ -233,7 +233,7 @@ def run_eval(target: str, data: str | None = None, out_dir: str | None = None, b
     for name, s in sets.items():
         log(f"eval set {name}: {s.summary()}")
 
-    model, tok, path = load_model(_model_cfg(t), tokenizer=_tokenizer_for(t), log=log)
+    model, tok, path = load_model(artifact_model_config(t), tokenizer=artifact_tokenizer(t), log=log)
     tname = template_name or t.template
     template = get_template(tname, tok)
     label = str(t.run_dir or target)

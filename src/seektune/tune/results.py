@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from pathlib import Path
 
 import yaml
 
 from ..config import validate_config
+from ..eval.report import md_table, png_bytes
 from ..utils.console import log, warn
 from .space import on_edge, with_params
 
@@ -45,16 +45,6 @@ def write_best_yaml(run, study) -> Path:
     return p
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plots(study) -> dict[str, bytes]:
     """Optuna's own matplotlib plots; those that need more trials than the study has are left out."""
     import matplotlib
@@ -76,7 +66,7 @@ def plots(study) -> dict[str, bytes]:
                 warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
                 ax = fn(study)
             fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-            out[name] = _png(fig)
+            out[name] = png_bytes(fig)
         except Exception as e:  # noqa: BLE001 - a plot must not cost the study's results
             warn(f"tune: no {name} plot ({type(e).__name__}: {e})")
     return out
@@ -144,15 +134,12 @@ def finish(run, study) -> dict:
 
 
 def _md_table(header, rows) -> str:
-    esc = lambda s: "" if s is None else str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows])
+    """The report's markdown table, an empty cell for a missing value (a trial that never got one)."""
+    return md_table(header, [["" if c is None else c for c in r] for r in rows])
 
 
 def write_report(folder: Path, summary: dict, rows: list[dict], pngs: dict[str, bytes]) -> None:
-    params = [k for k in (rows[0] if rows else {}) if k not in ("trial", "state", "value", "seconds", "steps",
-                                                                  "pruned_at", "baseline", "error", "run_dir")]
-    params = list(dict.fromkeys(p for r in rows for p in r if p in params or "." in p))
+    params = list(dict.fromkeys(k for r in rows for k in r if "." in k))  # the searched keys are dotted
     header = ["trial", "state", summary["objective"], "seconds", "pruned at"] + params
     table = [[str(r["trial"]) + (" (baseline)" if r["baseline"] else ""), r["state"],
               f"{r['value']:.6g}" if isinstance(r["value"], float) else "-", r["seconds"], r["pruned_at"]]
@@ -171,10 +158,10 @@ def write_report(folder: Path, summary: dict, rows: list[dict], pngs: dict[str, 
         md += [f"Pruning stopped {p['pruned']} trials early, about {p['seconds_saved']:.0f} s saved "
                f"(a complete trial took {p['mean_complete_s']:.0f} s on average).", ""]
     if summary.get("test"):
+        measures = sorted({k for v in summary["test"].values() for k in v if k != "trial"})
         md += ["## Held-out test (no trial saw it)", "",
-               _md_table(["config", "trial"] + sorted({k for v in summary["test"].values() for k in v if k != "trial"}),
-                         [[k, v["trial"]] + [f"{v[m]:.4f}" if isinstance(v.get(m), float) else v.get(m)
-                                             for m in sorted({k for v in summary["test"].values() for k in v if k != "trial"})]
+               _md_table(["config", "trial"] + measures,
+                         [[k, v["trial"]] + [f"{v[m]:.4f}" if isinstance(v.get(m), float) else v.get(m) for m in measures]
                           for k, v in summary["test"].items()]), ""]
     for w in summary["warnings"]:
         md += [f"> **warning**: {w}", ""]

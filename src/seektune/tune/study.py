@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import ConfigError, validate_config
 from ..data.io import DataError
+from ..eval.report import read_metrics
 from ..utils.console import log, warn
 from .space import base_params, check_space, suggest, with_params
 
@@ -84,7 +85,6 @@ class ReportToTrial:
         class _Cb(TrainerCallback):
             def __init__(self):
                 self.pruned_at: int | None = None
-                self.reported = 0
                 self.steps: set[int] = set()
 
             def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -95,7 +95,6 @@ class ReportToTrial:
                     return  # the end-of-run evaluation of a step already reported
                 self.steps.add(state.global_step)
                 trial.report(float(v), state.global_step)
-                self.reported += 1
                 if trial.should_prune():
                     self.pruned_at = state.global_step
                     control.should_training_stop = True
@@ -106,20 +105,9 @@ class ReportToTrial:
 def objective_value(run_dir: Path, summary: dict, key: str) -> float | None:
     """The trial's final score: the last logged value of `key` in metrics.jsonl, else the 'after' of the
     summary evidence row named `key`."""
-    import json
-
-    last = None
-    mp = run_dir / "metrics.jsonl"
-    if mp.exists():
-        for line in mp.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row.get(key), (int, float)):
-                last = float(row[key])
-    if last is not None:
-        return last
+    logged = [float(r[key]) for r in read_metrics(run_dir / "metrics.jsonl") if isinstance(r.get(key), (int, float))]
+    if logged:
+        return logged[-1]
     for e in summary.get("evidence", []):
         if key in (e.get("key"), e.get("name")) and isinstance(e.get("after"), (int, float)):
             return float(e["after"])
@@ -127,16 +115,7 @@ def objective_value(run_dir: Path, summary: dict, key: str) -> float | None:
 
 
 def logged_keys(run_dir: Path, summary: dict) -> list[str]:
-    import json
-
-    keys = set()
-    mp = run_dir / "metrics.jsonl"
-    if mp.exists():
-        for line in mp.read_text(encoding="utf-8").splitlines():
-            try:
-                keys |= {k for k, v in json.loads(line).items() if isinstance(v, (int, float))}
-            except json.JSONDecodeError:
-                pass
+    keys = {k for r in read_metrics(run_dir / "metrics.jsonl") for k, v in r.items() if isinstance(v, (int, float))}
     keys |= {e.get("key") for e in summary.get("evidence", []) if e.get("key")}
     return sorted(k for k in keys if k.startswith("eval") or "/" in k)
 
@@ -215,7 +194,6 @@ class TuneRun:
         return value
 
     def optimize(self, study, n_trials: int | None = None) -> None:
-        import optuna
         from optuna.study import MaxTrialsCallback
         from optuna.trial import TrialState
 
@@ -228,7 +206,6 @@ class TuneRun:
         log(f"tune: {remaining} trial(s) to run ({done} finished) on {storage_url(self.cfg)}; objective "
             f"{t.objective} ({study.direction.name.lower()}), sampler {t.sampler}, pruner {t.pruner}")
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(self.objective, n_trials=remaining, timeout=t.timeout, catch=(_Failed,),
                        callbacks=[MaxTrialsCallback(n_trials or t.trials, states=finished)], gc_after_trial=True)
 

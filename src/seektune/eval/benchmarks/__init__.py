@@ -111,25 +111,21 @@ class RunBenchmarks:
 
 
 def load_target(art):
-    """(model, tokenizer) of a resolved artifact: a preset or model folder, a merged run, or base + adapter."""
-    from ...config import ModelConfig
-    from ...models.loader import load_model, load_tokenizer
+    """(model, tokenizer) of a resolved artifact: a preset or model folder, a merged run, or base + adapter
+    (the model config and tokenizer as `seektune eval` picks them)."""
+    from ...models.loader import load_model
+    from ..run_eval import artifact_model_config, artifact_tokenizer
 
     if art.kind == "int8":
         from ...data.io import DataError
 
         raise DataError(f"{art.path}: an INT8 export is scored through its server: seektune serve {art.path} "
                         "then seektune eval --endpoint http://127.0.0.1:8000 --bench ...")
+    model, tok, _ = load_model(artifact_model_config(art), tokenizer=artifact_tokenizer(art), log=log)
     if art.kind == "adapter":
-        mcfg = art.run_cfg.model if art.run_cfg is not None else ModelConfig(name_or_path=art.base_path)
-        tok = load_tokenizer(mcfg, str(art.path)) if (art.path / "tokenizer_config.json").exists() else None
-        model, tok, _ = load_model(mcfg, tokenizer=tok, log=log)
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(art.path)), tok
-    mcfg = (art.run_cfg.model.model_copy(update={"name_or_path": str(art.path)}) if art.run_cfg is not None
-            else ModelConfig(name_or_path=str(art.path)))
-    model, tok, _ = load_model(mcfg, log=log)
+        model = PeftModel.from_pretrained(model, str(art.path))
     return model, tok
 
 
@@ -152,14 +148,13 @@ def _tokenizer_folder(name: str | None, out: Path) -> str | None:
     p = Path(name)
     if p.is_dir() and (p / "tokenizer_config.json").exists():
         return str(p)
-    from ...config import ModelConfig
     from ...engine.artifacts import resolve
     from ...models.loader import load_tokenizer
+    from ..run_eval import artifact_model_config, artifact_tokenizer
 
     art = resolve(name)
-    mcfg = art.run_cfg.model if art.run_cfg is not None else ModelConfig(name_or_path=str(art.base_path or art.path))
     folder = out / "tokenizer"
-    load_tokenizer(mcfg).save_pretrained(str(folder))
+    (artifact_tokenizer(art) or load_tokenizer(artifact_model_config(art))).save_pretrained(str(folder))
     return str(folder)
 
 

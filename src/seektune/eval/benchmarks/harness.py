@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+from ...data.io import DataError
 from ...utils.console import log
 from ..intervals import mean_interval
 from .specs import Bench
@@ -137,8 +138,6 @@ def run_benchmarks(lm, benches: list[Bench], settings: BenchSettings, label: str
             cfg = dict(t.config)
             if settings.shots is not None:
                 if settings.shots > 0 and not (cfg.get("fewshot_split") or cfg.get("training_split")):
-                    from ...data.io import DataError
-
                     raise DataError(f"--bench {b.spec}: --shots {settings.shots} needs examples to show and "
                                     f"{t.subject} has no dev split" + (" (mcq:FILE:dev=DEV)" if b.spec.startswith("mcq") else ""))
                 cfg["num_fewshot"] = settings.shots
@@ -156,6 +155,7 @@ def run_benchmarks(lm, benches: list[Bench], settings: BenchSettings, label: str
         out = evaluate(lm, loaded, samples=picks, bootstrap_iters=0, log_samples=True,
                        apply_chat_template=settings.chat_template, verbosity="ERROR")
         by_subject: dict[str, dict[str, list[float]]] = {}
+        logged: list[dict] = []  # one row per question and answer filter
         subj_of = {t.name: t.subject for t in b.tasks}
         file_of = {t.name: t.config["dataset_kwargs"]["data_files"]["test"] for t in b.tasks}
         for task_name, samples in (out or {}).get("samples", {}).items():
@@ -167,9 +167,9 @@ def run_benchmarks(lm, benches: list[Bench], settings: BenchSettings, label: str
                     if s.get("filter", "none") == (flt or "none") and metric in s:
                         row[m] = float(s[metric])
                         by_subject.setdefault(subj, {}).setdefault(m, []).append(float(s[metric]))
-                rows.append(row)
-        merged = _merge_filters(rows, b)
-        rows[:] = [r for r in rows if r["bench"] != b.name] + merged
+                logged.append(row)
+        merged = _merge_filters(logged, b)
+        rows += merged
         allv = {m: [x for subj in by_subject.values() for x in subj.get(m, [])] for m in b.metrics}
         res = {"name": b.name, "spec": b.spec, "kind": b.kind, "shots": shots, "n": len(merged),
                "seconds": round(time.time() - t0, 1), "settings": asdict(settings),
@@ -210,8 +210,6 @@ def _merge_filters(rows: list[dict], b: Bench) -> list[dict]:
     """One row per question: a generate task logs each question once per answer filter."""
     merged: dict[str, dict] = {}
     for r in rows:
-        if r["bench"] != b.name:
-            continue
         m = merged.setdefault(r["id"], {k: v for k, v in r.items() if k not in ("filter", "pred")})
         m.setdefault("preds", {})[r["filter"]] = r["pred"]
         for k in b.metrics:
