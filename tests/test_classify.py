@@ -16,7 +16,7 @@ from seektune.data.holdout import holdout
 from seektune.data.labelled import load_sequence_data, sort_labels
 from seektune.eval.classification import classification_metrics, entity_metrics, save_confusion_png
 from seektune.data.collate import ClassifyCollator
-from seektune.stages.classify import ClassifyTrainer, class_weights, weighted_ce
+from seektune.stages.classify import ClassifyTrainer, class_weights, weighted_ce, window_metrics
 
 from conftest import train
 
@@ -88,6 +88,23 @@ def test_entity_metrics_per_type():
     assert e["precision"] == pytest.approx(2 / 3) and e["recall"] == pytest.approx(2 / 3)
     assert e["per_type"]["PER"]["f1"] == 1.0 and e["per_type"]["LOC"]["f1"] == 0.0
     assert e["per_type"]["ORG"]["precision"] == pytest.approx(0.5)
+
+
+def test_periodic_ner_evals_report_entity_f1_the_score_tune_prunes_on():
+    """Two windows, ignored positions (-100: continuation sub-words, padding) left out: the window-level
+    entity F1 equals seqeval's on the same words."""
+    from transformers import EvalPrediction
+
+    tags = ["O", "B-PER", "I-PER", "B-LOC"]
+    gold = [[1, 2, -100, 0, 3], [0, 1, -100, -100, -100]]
+    pred_ids = [[1, 2, 0, 0, 0], [0, 3, 0, 0, 0]]  # PER right, LOC missed; second PER typed as LOC
+    logits = torch.nn.functional.one_hot(torch.tensor(pred_ids), 4).float().numpy()
+    m = window_metrics(tags)(EvalPrediction(predictions=logits, label_ids=torch.tensor(gold).numpy()))
+    expect = entity_metrics([["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-PER"]],
+                            [["B-PER", "I-PER", "O", "O"], ["O", "B-LOC"]])["f1"]
+    assert m["entity_f1"] == pytest.approx(expect) == pytest.approx(0.4)  # P 1/2, R 1/3
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert "entity_f1" not in window_metrics(None)(EvalPrediction(predictions=logits[:, 0], label_ids=[1, 0]))
 
 
 def test_labels_from_data_stratified_and_rejected(tmp_path):

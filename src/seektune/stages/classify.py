@@ -38,8 +38,8 @@ from ..engine.monitors import Health
 from ..engine.run import RunFolder
 from ..engine.summary import StageResult, evidence, make_summary
 from ..engine.trainer import SeekTrainerMixin, TokenCounter
-from ..eval.classification import (max_length_for, confusion_figure, evaluate, headline, save_confusion_png,
-                                   scalar_metrics, summary_metrics)
+from ..eval.classification import (max_length_for, confusion_figure, entity_metrics, evaluate, headline,
+                                   save_confusion_png, scalar_metrics, summary_metrics)
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model, load_tokenizer
 from ..utils.console import log, warn
@@ -96,18 +96,29 @@ class ClassifyTrainer(SeekTrainerMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _window_metrics(p) -> dict:
-    """Accuracy and macro-F1 per window/token during periodic evals (the final report merges windows),
-    so early stopping and TensorBoard can follow eval_accuracy / eval_f1."""
-    import numpy as np
-    from sklearn.metrics import f1_score
+def window_metrics(labels: list[str] | None = None):
+    """compute_metrics for the periodic evals: accuracy and macro-F1 per window/token (the final report
+    merges windows), so early stopping, TensorBoard and `seektune tune` can follow eval_accuracy /
+    eval_f1. With the tag names of a token task it adds eval_entity_f1 (seqeval, per window): the score
+    NER is judged by, so a study on it can prune from the evaluations a trial already makes."""
 
-    logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
-    pred, labels = np.asarray(logits).argmax(-1), np.asarray(p.label_ids)
-    mask = labels != IGNORE_INDEX
-    y, yhat = labels[mask], pred[mask]
-    return {"accuracy": float((y == yhat).mean()) if y.size else 0.0,
-            "f1": float(f1_score(y, yhat, average="macro")) if y.size else 0.0}
+    def compute(p) -> dict:
+        import numpy as np
+        from sklearn.metrics import f1_score
+
+        logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        pred, gold = np.asarray(logits).argmax(-1), np.asarray(p.label_ids)
+        mask = gold != IGNORE_INDEX
+        y, yhat = gold[mask], pred[mask]
+        out = {"accuracy": float((y == yhat).mean()) if y.size else 0.0,
+               "f1": float(f1_score(y, yhat, average="macro")) if y.size else 0.0}
+        if labels is not None and gold.ndim == 2:
+            true = [[labels[t] for t in g[m]] for g, m in zip(gold, mask)]
+            guess = [[labels[t] for t in q[m]] for q, m in zip(pred, mask)]
+            out["entity_f1"] = entity_metrics(true, guess)["f1"]
+        return out
+
+    return compute
 
 
 def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = None) -> StageResult:
@@ -164,7 +175,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     # batches of similar lengths: short classification texts otherwise spend ~half their compute on padding
     args.train_sampling_strategy = "group_by_length"
     cbs = standard_callbacks(cfg, run.path, health, counter, model, progress)
-    if cfg.train.early_stopping:  # on eval_loss, eval_accuracy or eval_f1 (from _window_metrics)
+    if cfg.train.early_stopping:  # on eval_loss, eval_accuracy, eval_f1 or eval_entity_f1 (window_metrics)
         from transformers import EarlyStoppingCallback
 
         es = cfg.train.early_stopping
@@ -172,7 +183,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     trainer = ClassifyTrainer(
         model=model, args=args, train_dataset=train_rows,
         eval_dataset=[{k: v for k, v in r.items() if k != "word_index"} for r in eval_rows] or None,
-        data_collator=collator, processing_class=tok, compute_metrics=_window_metrics,
+        data_collator=collator, processing_class=tok, compute_metrics=window_metrics(data.labels if task == "token_classification" else None),
         callbacks=[*cbs, *(callbacks or [])], token_counter=counter, pad_token_id=tok.pad_token_id, st_cfg=cfg,
         loss_weight=weight, label_smoothing=cfg.train.label_smoothing, health=health)
     attach(trainer, cbs)
@@ -210,7 +221,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         "classify", cfg, adapter_report=rep, model_path=model_path, data=s, steps=trainer.state.global_step,
         train_loss=out.training_loss, train_seconds=train_s, threads=threads, final=str(run.final),
         warnings=health.warnings, resumed_from=run.resume_from, evidence_rows=rows,
-        curves=[{"title": "Eval accuracy / F1 during training", "keys": ["eval_accuracy", "eval_f1"]}],
+        curves=[{"title": "Eval accuracy / F1 during training", "keys": ["eval_accuracy", "eval_f1", "eval_entity_f1"]}],
         task=task, labels=data.labels, train_windows=len(train_rows), eval_windows=len(eval_rows),
         label_counts=counts, class_weights=weight.tolist() if weight is not None else None,
         majority_baseline=(a or {}).get("majority_baseline"), eval_before=b, eval_after=a,
