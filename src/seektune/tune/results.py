@@ -80,10 +80,11 @@ def score_on_test(run_dir: str, test: str, out: Path) -> dict:
     cfg = _y.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
     task = (cfg.get("model") or {}).get("task", "causal_lm")
     if task != "causal_lm":
-        from ..eval.classification import evaluate_run
+        from ..eval.classification import evaluate_run, summary_metrics
 
         m = evaluate_run(run_dir, test, out)["metrics"]
-        return {k: m[k] for k in ("accuracy", "macro_f1", "f1", "precision", "recall") if k in m}
+        # accuracy, macro F1 and, for NER, seqeval entity P/R/F1 (the score NER is judged by)
+        return {k: v for k, v in summary_metrics(task, m).items() if k != "majority_baseline"}
     from ..eval.run_eval import run_eval
 
     r = run_eval(run_dir, test, str(out))
