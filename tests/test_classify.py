@@ -203,6 +203,17 @@ def test_minilm_wnut17_token_classification_with_windows(tmp_path):
     m = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())["after"]
     assert {"f1", "precision", "recall", "per_type"} <= set(m["entity"])
     assert s["details"]["labels"][0] == "O" and "B-location" in s["details"]["labels"]
+    # `seektune tune`'s test-split scoring of an NER trial reports the seqeval entity scores
+    from seektune.tune.results import score_on_test
+
+    seen = set(s["details"]["labels"])  # 30 sentences of the training file with only tags the run has seen
+    sents = [b for b in WNUT.read_text(encoding="utf-8").split("\n\n")
+             if b.strip() and all(w.split()[-1] in seen for w in b.strip().splitlines() if w.split())][:30]
+    test = tmp_path / "test.conll"
+    test.write_text("\n\n".join(sents) + "\n", encoding="utf-8")
+    scores = score_on_test(str(tmp_path / "run"), str(test), tmp_path / "test")
+    assert {"accuracy", "macro_f1", "entity_precision", "entity_recall", "entity_f1"} <= set(scores)
+    assert 0.0 <= scores["entity_f1"] <= 1.0 and (tmp_path / "test" / "eval_metrics.json").exists()
 
 
 @pytest.mark.slow

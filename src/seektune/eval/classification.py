@@ -224,7 +224,10 @@ def evaluate_run(run_dir: str | Path, data_file: str, out_dir: str | Path | None
 
         cls = AutoModelForSequenceClassification if task == "sequence_classification" else \
             AutoModelForTokenClassification
-    model = cls.from_pretrained(str(final)).eval()
+    # the head's size and names: a LoRA run's adapter holds a trained head, but the base it is loaded
+    # onto would otherwise get the default 2-label head and refuse the weights
+    model = cls.from_pretrained(str(final), num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                label2id={lab: i for i, lab in enumerate(labels)}).eval()
     max_length = max_length_for(cfg, tok)
     _, eval_rows, owners = build_rows(task, data, tok, max_length, cfg.data.stride)
     collator = ClassifyCollator(tok.pad_token_id)
