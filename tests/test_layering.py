@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "seektune.export": 7,
     "seektune.serve": 7,
     "seektune.tune": 7,
+    "seektune.ui": 7,
     "seektune.cli": 8,
     "seektune.demo": 8,
     "seektune.__main__": 8,
@@ -42,6 +43,8 @@ ROOT_LAYER = -1
 # imports between different units of the same layer that are allowed (importer, imported)
 SAME_LAYER: set[tuple[str, str]] = {
     ("seektune.serve", "seektune.export"),   # serve loads what export wrote
+    ("seektune.ui", "seektune.export"),      # the Export page runs export_run
+    ("seektune.ui", "seektune.serve"),       # the Chat page loads models as serve does
     ("seektune.__main__", "seektune.cli"),   # `python -m seektune` is the CLI
     ("seektune.cli", "seektune.demo"),       # `seektune demo`
 }

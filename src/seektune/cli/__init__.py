@@ -352,6 +352,33 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
         _fail(str(e))
 
 
+@app.command()
+def ui(host: str = typer.Option("127.0.0.1", help="bind address; a non-local one needs --auth"),
+       port: int = typer.Option(7860, min=1, max=65535, help="port"),
+       auth: Optional[str] = typer.Option(None, "--auth", help="require this login: user:pass"),
+       workspace: Path = typer.Option(Path("."), "--workspace", help="the only folder the UI reads and writes "
+                                      "(runs in WORKSPACE/runs)")):
+    """Web UI (Gradio): data, train, runs, chat, export. Localhost only unless --host with --auth; no telemetry."""
+    from ..ui.access import AccessError, check_binding
+
+    try:
+        check_binding(host, auth)
+    except AccessError as e:
+        _fail(str(e))
+    _quiet_libraries()
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _fail("the UI needs gradio: pip install 'seektune[ui]'")
+    from ..ui.app import launch
+    from ..ui.workspace import WorkspaceError
+
+    try:
+        launch(workspace, host, port, auth)
+    except WorkspaceError as e:
+        _fail(str(e))
+
+
 @app.command("models")
 def list_models():
     """List the built-in model presets (no hub needed)."""

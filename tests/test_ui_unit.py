@@ -1,0 +1,166 @@
+"""The UI's non-browser parts, in seconds: path safety, the form -> config -> YAML round trip, the
+host/auth refusal, and what a run folder's files say about its status."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from seektune.config import load_config
+from seektune.ui.access import AccessError, check_binding, is_local_host
+from seektune.ui.form import all_specs, check_form, form_data, problems_by_key, shown_values
+from seektune.ui.workspace import Workspace, WorkspaceError
+
+
+@pytest.fixture
+def ws(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
+    return Workspace.open(tmp_path)
+
+
+# ------------------------------------------------------------------ workspace: nothing outside it
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "data/../../outside.jsonl", "~/x.jsonl"])
+def test_paths_outside_the_workspace_are_refused(ws, bad):
+    with pytest.raises(WorkspaceError, match=r"data file: .* is outside the workspace"):
+        ws.path(bad, "data file")
+
+
+def test_a_symlink_out_of_the_workspace_is_refused(ws, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.jsonl").write_text("{}\n")
+    os.symlink(outside, ws.root / "data" / "link")
+    with pytest.raises(WorkspaceError, match="outside the workspace"):
+        ws.path("data/link/secret.jsonl", "data file")
+
+
+def test_paths_inside_resolve_and_data_files_skip_runs_and_hidden(ws):
+    assert ws.path("data/train.jsonl", "x", must_exist=True) == ws.root / "data" / "train.jsonl"
+    assert ws.path(str(ws.root / "data" / "train.jsonl"), "x") == ws.root / "data" / "train.jsonl"
+    with pytest.raises(WorkspaceError, match="does not exist"):
+        ws.path("data/none.jsonl", "data file", must_exist=True)
+    for d in ("runs/r1", ".venv/lib"):
+        (ws.root / d).mkdir(parents=True)
+        (ws.root / d / "metrics.jsonl").write_text("{}\n")
+    assert ws.data_files() == ["data/train.jsonl"]
+
+
+def test_page_handlers_refuse_traversal(ws):
+    pytest.importorskip("gradio")
+    from seektune.ui.context import UIContext
+    from seektune.ui.pages import data, runs
+
+    ctx = UIContext(ws)
+    problems, summary, png, rejects = data.inspect(ctx, "../../etc/passwd", "")
+    assert "outside the workspace" in problems and not summary and png is None
+    assert "outside the workspace" in runs.show(ctx, "../../etc", None)[0]
+    assert "outside the workspace" in runs.compare(ctx, ["../../etc"], "loss")[1]
+
+
+# ------------------------------------------------------------------ access: localhost unless auth
+
+
+def test_local_hosts():
+    assert all(is_local_host(h) for h in ("127.0.0.1", "localhost", "::1", "127.1.2.3", "[::1]"))
+    assert not any(is_local_host(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+
+
+def test_non_local_bind_needs_auth():
+    assert check_binding("127.0.0.1", None) is None
+    assert check_binding("0.0.0.0", "ann:secret") == ("ann", "secret")
+    with pytest.raises(AccessError, match="--host 0.0.0.0 is not a local address.*--auth user:pass"):
+        check_binding("0.0.0.0", None)
+    with pytest.raises(AccessError, match="--auth expects user:pass"):
+        check_binding("127.0.0.1", "ann")
+
+
+def test_cli_refuses_0000_without_auth_before_starting_anything():
+    from typer.testing import CliRunner
+
+    from seektune.cli import app
+
+    res = CliRunner().invoke(app, ["ui", "--host", "0.0.0.0"])
+    assert res.exit_code == 2
+    assert "not a local address" in res.output + (res.stderr or "")
+
+
+# ------------------------------------------------------------------ the form and its YAML
+
+
+def _filled(ws, **keys):
+    specs = all_specs()
+    shown = shown_values(specs)
+    idx = {s.key: i for i, s in enumerate(specs)}
+    for k, v in keys.items():
+        shown[idx[k.replace("__", ".")]] = v
+    return specs, shown
+
+
+def test_every_config_key_is_in_the_form_with_its_default():
+    keys = {s.key for s in all_specs()}
+    assert {"model.name_or_path", "train.max_steps", "train.fsdp.cpu_offload", "dpo.beta", "grpo.rewards",
+            "eval.before_after", "monitor.grad_norm_band"} <= keys
+    beta = next(s for s in all_specs() if s.key == "dpo.beta")
+    assert "default: 0.1" in beta.info and beta.section == "dpo"
+
+
+def test_form_to_yaml_is_exactly_what_load_config_reads(ws, tmp_path):
+    specs, shown = _filled(ws, model__name_or_path="tiny-qwen2", data__train="data/train.jsonl",
+                           train__max_steps="2", train__lr="0.001", train__early_stopping="{patience: 2}",
+                           monitor__grad_norm_band="[0.05, 2.0]", eval__before_after=False)
+    res = check_form(specs, shown, ws)
+    assert res.ok, res.problems
+    p = tmp_path / "run.yaml"
+    p.write_text(res.yaml, encoding="utf-8")
+    again = load_config(p)
+    assert again.model_dump() == res.cfg.model_dump()
+    assert again.train.max_steps == 2 and again.train.early_stopping.patience == 2
+    # and back: the form filled from that config gives the same YAML
+    assert check_form(specs, shown_values(specs, again), ws).yaml == res.yaml
+
+
+def test_only_changed_keys_and_only_the_chosen_stage_section(ws):
+    specs, shown = _filled(ws, train__max_steps="2", dpo__beta="0.5")
+    assert form_data(specs, shown) == {"train": {"max_steps": 2}}  # dpo: hidden while the stage is sft
+    specs, shown = _filled(ws, train__stage="dpo", dpo__beta="0.5")
+    assert form_data(specs, shown) == {"train": {"stage": "dpo"}, "dpo": {"beta": 0.5}}
+
+
+def test_problems_name_their_key_and_land_on_the_field(ws):
+    specs, shown = _filled(ws, train__stage="dpo", data__train="data/train.jsonl", train__adversarial="{method: fgm}")
+    res = check_form(specs, shown, ws)
+    assert not res.ok and any(p.startswith("train.adversarial: not used by stage dpo") for p in res.problems)
+    assert "train.adversarial" in problems_by_key(specs, res.problems)
+    specs, shown = _filled(ws, data__train="../../etc/passwd")
+    assert check_form(specs, shown, ws).problems == [
+        f"data.train: '../../etc/passwd' is outside the workspace {ws.root}"]
+    specs, shown = _filled(ws, data__train="data/train.jsonl", train__lr="[unclosed")
+    assert check_form(specs, shown, ws).problems[0].startswith("train.lr: not valid YAML")
+    assert "data.train: required" in check_form(*_filled(ws), ws).problems[0]
+
+
+# ------------------------------------------------------------------ run folders
+
+
+def test_status_from_the_files_a_run_wrote(ws):
+    from seektune.ui import jobs
+    from seektune.ui.runs import list_runs, status
+
+    done = ws.runs_dir / "done"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"status": "done", "steps": 2, "train_loss": 1.5,
+                                                   "warnings": ["grad norm above the band"]}))
+    failed = ws.runs_dir / "failed"
+    failed.mkdir()
+    (failed / jobs.JOB).write_text(json.dumps({"pid": 2 ** 22 + 7, "created": 0, "started": 0}))
+    (failed / jobs.LOG).write_text("$ seektune train ...\nerror: data.train: file not found: x.jsonl\n")
+    (failed / jobs.EXIT_CODE).write_text("2\n")
+    assert set(list_runs(ws)) == {"runs/done", "runs/failed"}
+    s = status(ws, done)
+    assert s.state == "done" and s.warnings == ["grad norm above the band"]
+    s = status(ws, failed)
+    assert s.state == "failed" and s.detail == "error: data.train: file not found: x.jsonl"

@@ -1,0 +1,120 @@
+"""Helpers for the real-browser UI tests: headless Debian chromium driven by selenium, the UI served
+in-process on a free port over a temporary workspace. No browser or driver is ever downloaded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHOTS_ENV = "SEEKTUNE_UI_SCREENSHOTS"  # =1: write the page screenshots into docs/ui/ (committed)
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def find_browser() -> tuple[str, str]:
+    """(browser, chromedriver) paths, or skip naming what is missing and how .ci/run installs it."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (it is in the dev extra: pip install -e '.[dev]')")
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        missing = " and ".join(n for n, p in (("chromium", browser), ("chromedriver", driver)) if not p)
+        pytest.skip(f"no headless browser: {missing} not on PATH (apt-get install -y chromium chromium-driver; "
+                    ".ci/run does this)")
+    return browser, driver
+
+
+def chrome(browser: str, driver: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+              "--disable-gpu", "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+        opts.add_argument(a)
+    opts.binary_location = browser
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+class Page:
+    """The few interactions the tests need, keyed by the UI's elem_ids."""
+
+    def __init__(self, driver, url: str, shots: Path):
+        self.d, self.url, self.shots = driver, url, shots
+
+    def open(self) -> None:
+        self.d.get(self.url)
+        self.wait(lambda: self.d.find_elements("css selector", "#tab-train-button, button[role='tab']"), 60,
+                  "the page never rendered its tabs")
+
+    def wait(self, cond, timeout: float, what: str):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            try:
+                got = cond()
+            except Exception:  # an element re-rendered between find and read
+                got = None
+            if got:
+                return got
+            time.sleep(0.25)
+        self.shot("failure")
+        raise AssertionError(f"{what} (after {timeout:.0f}s)")
+
+    def tab(self, name: str) -> None:
+        for b in self.d.find_elements("css selector", "button[role='tab']"):
+            if b.text.strip() == name:
+                b.click()
+                time.sleep(0.5)
+                return
+        raise AssertionError(f"no tab {name}")
+
+    def el(self, css: str):
+        return self.d.find_element("css selector", css)
+
+    def text(self, elem_id: str) -> str:
+        return self.el(f"#{elem_id}").text
+
+    def value(self, elem_id: str) -> str:
+        return self.el(f"#{elem_id} textarea, #{elem_id} input").get_attribute("value") or ""
+
+    def fill(self, elem_id: str, text: str, enter: bool = False, inner: str = "textarea, input") -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        box = self.el(", ".join(f"#{elem_id} {sel.strip()}" for sel in inner.split(",")))
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+        box.send_keys(text)
+        if enter:
+            box.send_keys(Keys.ENTER)
+        box.send_keys(Keys.TAB)  # blur: gradio commits the value
+
+    def click(self, elem_id: str) -> None:
+        b = self.el(f"#{elem_id}")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", b)
+        b.click()
+
+    def unfold(self, elem_id: str) -> None:
+        """Open a folded accordion (a Train-form section, the chat settings)."""
+        head = self.el(f"#{elem_id} > button, #{elem_id} .label-wrap")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", head)
+        head.click()
+        time.sleep(0.3)
+
+    def shot(self, name: str) -> Path:
+        self.shots.mkdir(parents=True, exist_ok=True)
+        p = self.shots / f"{name}.png"
+        self.d.execute_script("window.scrollTo(0, 0)")
+        self.d.save_screenshot(str(p))
+        return p
+
+
+def shots_dir(tmp: Path) -> Path:
+    return REPO / "docs" / "ui" if os.environ.get(SHOTS_ENV) == "1" else tmp / "shots"
