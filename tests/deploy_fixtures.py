@@ -30,6 +30,7 @@ def make_lora_run(run_dir: Path, preset: str = "tiny-qwen2", seed: int = 0) -> P
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     model.save_pretrained(str(run_dir / "final"))
     tok.save_pretrained(str(run_dir / "final"))
+    (run_dir / "final" / "seektune_complete.json").write_text('{"final": true}')  # as RunFolder.save_final does
     return run_dir
 
 

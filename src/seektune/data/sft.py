@@ -1,7 +1,8 @@
 """Build tokenised SFT datasets: records -> chat messages -> token ids with assistant-only labels.
 
 Tokenised data is cached on disk, keyed by the data file's hash, the tokenizer, the template and
-every option that changes the tokens, so a second launch skips tokenisation entirely.
+every option that changes the tokens, so a second launch skips tokenisation entirely; a damaged
+entry is detected by its checksum and rebuilt (data/cache.py).
 Every record is accounted for: `read = train + eval + rejected (+ beyond data.max_samples)` for the
 training file, `read = evaluated + unused + rejected` for an eval file; rejects go to the run's
 rejects file with their source line and the reason, unused eval records to unused_eval.jsonl.
@@ -11,19 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..utils.paths import cache_dir
 from . import IGNORE_INDEX
+from .cache import read_cache, write_cache
 from .formats import to_messages
 from .holdout import cap_eval_file, holdout
 from .io import DataError, Record, read_records, write_jsonl
 from .templates import ChatTemplate, template_fingerprint
 
-CACHE_VERSION = "sft-v2"
+CACHE_VERSION = "sft-v3"  # v3: checksummed entries (data/cache.py)
 
 
 def tokenize_conversation(messages, template: ChatTemplate, tokenizer, max_length: int) -> dict:
@@ -112,8 +113,8 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
                  data_cfg.max_samples, seed]
     key = hashlib.sha256(json.dumps(key_parts, default=str).encode()).hexdigest()[:20]
     cpath = cache_dir("tokenized") / f"{key}.json"
-    if data_cfg.cache and cpath.exists():
-        cached = json.loads(cpath.read_text())
+    cached = read_cache(cpath, log) if data_cfg.cache else None
+    if cached is not None:
         cached["stats"]["cache"] = f"hit ({cpath})"
         log(f"tokenised data: cache hit ({cpath.name}), skipping tokenisation")
         if rejects_path is not None and cached.get("rejects"):
@@ -200,11 +201,8 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
     if unused_path is not None and unused:
         write_jsonl(unused_path, unused)
     if data_cfg.cache:
-        cpath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cpath.with_suffix(f".tmp{os.getpid()}")  # several ranks may write the same cache entry
-        tmp.write_text(json.dumps({"train": train_rows, "eval": eval_rows, "stats": stats, "rejects": rejects,
-                                   "unused": unused}))
-        tmp.replace(cpath)
+        write_cache(cpath, {"train": train_rows, "eval": eval_rows, "stats": stats, "rejects": rejects,
+                            "unused": unused})
     return SFTData(train_rows, eval_rows, stats)
 
 

@@ -16,6 +16,8 @@ import yaml
 from ..config import ConfigError, load_config
 from ..models.presets import ModelError, resolve_model_path
 from ..utils.console import warn
+from ..utils.safe_files import check_folder
+from .checkpoint import COMPLETE
 
 QUANT_MANIFEST = "seektune_quant.json"
 
@@ -83,7 +85,16 @@ def run_config_of(target: str | Path):
 
 
 def resolve(target: str | Path) -> Artifact:
-    """Classify `target`; ArtifactError naming the folder when it holds no model."""
+    """Classify `target`; ArtifactError naming the folder when it holds no model, UnsafeFileError when a
+    file in it (or in an adapter's base) would run code when loaded."""
+    art = _classify(target)
+    check_folder(art.path, f"{art.kind} folder")
+    if art.base_path:
+        check_folder(art.base_path, "base model folder")
+    return art
+
+
+def _classify(target: str | Path) -> Artifact:
     t = str(target)
     p = Path(t).expanduser()
     if not p.exists():
@@ -97,6 +108,12 @@ def resolve(target: str | Path) -> Artifact:
         if run_dir is None:
             raise ArtifactError(f"{p}: a run folder without config.yaml; point at {p / 'final'} instead")
         p = p / "final"
+    elif (p / "config.yaml").exists() and any((p / n).exists() for n in ("checkpoints", "final.partial", "metrics.jsonl")):
+        raise ArtifactError(f"{p}: the run has not finished (no final/ yet); continue it with "
+                            f"`seektune train {p / 'config.yaml'} --resume`")
+    if run_dir is not None and p.name == "final" and not (p / COMPLETE).exists():
+        raise ArtifactError(f"{p}: incomplete (no {COMPLETE}): it was being written when the run stopped; "
+                            f"continue the run with `seektune train {run_dir / 'config.yaml'} --resume`")
     run_cfg, template = _run_config(run_dir) if run_dir else (None, "auto")
     name = (run_dir or p).name
     if (p / QUANT_MANIFEST).exists():

@@ -17,6 +17,7 @@ newest complete checkpoint left off.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -26,11 +27,12 @@ from ..config import ConfigError
 from ..data.io import write_jsonl
 from ..utils.console import log, warn
 from ..utils.dist import is_main
-from .checkpoint import COMPLETE, CheckpointClient, step_of
+from ..utils.safe_files import check_folder
+from .checkpoint import COMPLETE, CheckpointClient, CheckpointError, as_os_error, fsync_tree, step_of, write_errors
 
 # what a run writes; a fresh start with --overwrite clears these and nothing else (data/ from a
 # data.pipeline of this very launch stays)
-RUN_FILES = ("metrics.jsonl", "tensorboard", "checkpoints", "final", "final.partial", "summary.json", "eval.json",
+RUN_FILES = ("metrics.jsonl", "tensorboard", "checkpoints", "final", "final.partial", "final.old", "summary.json", "eval.json",
              "report.md", "report.html", "report_files", "rejects.jsonl", "unused_eval.jsonl", "eval", "labels.json",
              "eval_metrics.json", "eval_predictions.jsonl", "confusion_matrix.png", "eval_tokens.json",
              "replay_buffer.jsonl", "ewc_fisher.safetensors", "reward_curve.png", "samples.jsonl", "before.json")
@@ -84,6 +86,7 @@ class RunFolder:
         if resume:
             run.resume_from = run.checkpoints.latest(log_warning=warn)
             if run.resume_from:
+                check_folder(run.resume_from, "checkpoint")  # before HF or peft unpickle anything in it
                 log(f"resuming from {run.resume_from}")
                 if run.main:
                     run.truncate_metrics(run.resumed_step, _metrics_lines(run.resume_from))
@@ -153,16 +156,32 @@ class RunFolder:
         """`save(folder)` writes the model and tokenizer; final/ appears only once complete.
 
         The saving function runs on every process (FSDP / ZeRO-3 gather their shards inside it); only
-        the main process renames."""
-        partial = self.path / "final.partial"
-        if self.main:
-            shutil.rmtree(partial, ignore_errors=True)
-        save(partial)
-        if self.main:
-            (partial / "training_args.bin").unlink(missing_ok=True)
-            (partial / COMPLETE).write_text(json.dumps({"final": True}))
-            shutil.rmtree(self.final, ignore_errors=True)
-            partial.rename(self.final)
+        the main process renames. An older final/ is renamed aside first, so a kill at any moment leaves
+        either a whole final/ or none (never one half deleted or half written); a failed write (a full
+        disk) is a CheckpointError that removes the partial copy and keeps the checkpoints."""
+        partial, old = self.path / "final.partial", self.path / "final.old"
+        try:
+            if self.main:
+                shutil.rmtree(partial, ignore_errors=True)
+            save(partial)
+            if self.main:
+                (partial / "training_args.bin").unlink(missing_ok=True)
+                fsync_tree(partial)
+                (partial / COMPLETE).write_text(json.dumps({"final": True}))
+                shutil.rmtree(old, ignore_errors=True)
+                if self.final.exists():
+                    self.final.rename(old)
+                partial.rename(self.final)
+                shutil.rmtree(old, ignore_errors=True)
+        except write_errors() as e:
+            e = as_os_error(e)
+            if self.main:
+                shutil.rmtree(partial, ignore_errors=True)
+            kept = self.checkpoints.complete()
+            why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise CheckpointError(e.errno, f"could not write {self.final}: {why}; final/ was not written"
+                                  + (f", the checkpoint {kept[-1][1]} is kept" if kept else "")
+                                  + ". Free space, then run again with --resume.") from None
         return self.final
 
     def before(self, key: str, measure):

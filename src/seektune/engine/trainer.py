@@ -9,7 +9,11 @@
 - real-token accounting (tokens/s, padding share) when the batch is token ids;
 - EWC penalty and embedding-space adversarial steps, when the stage sets them;
 - checkpoints staged and renamed into place with a completion marker (engine/checkpoint.py), which
-  also covers trl trainers: they override `_save_checkpoint` and call ours through `super()`;
+  also covers trl trainers: they override `_save_checkpoint` and call ours through `super()`; a full
+  disk is a CheckpointError that keeps the previous checkpoint;
+- optimizer, scheduler, scaler and RNG state in safetensors + JSON (engine/state_files.py), not HF's
+  torch pickles (DeepSpeed, FSDP and XLA keep their own formats);
+- SIGTERM / Ctrl-C: finish the step, save a checkpoint, raise TrainingInterrupted (engine/interrupt.py);
 - a resumed run reports the whole run's train_loss (HF reports the mean of the resumed launch's steps
   only), and the health counters (skipped steps, gradient-band warnings) and trl's cumulative token
   count go on from the checkpoint: they travel in `seektune_trainer.json` inside each checkpoint.
@@ -20,10 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointClient
+from . import state_files
+from .checkpoint import CheckpointClient, write_errors
+from .interrupt import StopOnSignal, StopSignals, TrainingInterrupted
 from .optim import build_param_groups, make_scheduler, warmup_steps
 
 TRAINER_STATE = "seektune_trainer.json"  # what HF's trainer_state.json lacks for an exact resume
@@ -56,6 +63,9 @@ class SeekTrainerMixin:
         self.perturber = None  # engine.forgetting.EmbeddingPerturber when train.adversarial is set
         self.last_adv_loss: float | None = None
         self._prior = {"loss_sum": 0.0, "step": 0}  # the launches before this one (from the checkpoint)
+        self._signals = StopSignals()
+        self._last_checkpoint: str | None = None
+        self.add_callback(StopOnSignal(self._signals))
 
     # -- accounting, adversarial step and NaN handling ------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -153,11 +163,22 @@ class SeekTrainerMixin:
                 if self.health is not None:
                     for k, v in self._prior.get("health", {}).items():
                         setattr(self.health, k, v)
-        out = super().train(resume_from_checkpoint, *a, **kw)
+        with self._signals:
+            out = super().train(resume_from_checkpoint, *a, **kw)
+        if self._signals.requested:
+            raise TrainingInterrupted(self._signals.signum, self.state.global_step, self._last_checkpoint)
         if self._prior["step"]:
             loss = self._whole_run_loss(out.training_loss)
             out = out._replace(training_loss=loss, metrics={**out.metrics, "train_loss": loss})
         return out
+
+    def _run_epoch(self, *a, **kw):
+        # transformers 5 runs one step before it checks max_steps: a run resumed from its last checkpoint
+        # (stopped while writing final/) would train a step more than the run it continues
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*a, **kw)
 
     def _loss_sum(self) -> float:
         """Sum of the per-step training losses of this run so far (all launches)."""
@@ -188,14 +209,18 @@ class SeekTrainerMixin:
             client.begin()
         self._staging = str(client.staging)
         real_limit, self.args.save_total_limit = self.args.save_total_limit, None  # we rotate, after the rename
+        step = self.state.global_step
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                self._last_checkpoint = str(self._finish_checkpoint(client, step))
+        except write_errors() as e:  # a full disk, a quota, a vanished mount: stop, the last good checkpoint kept
+            raise client.failed(step, e) from None
         finally:
             self._staging = None
             self.args.save_total_limit = real_limit
-        if not self.args.should_save:
-            return
-        step = self.state.global_step
+
+    def _finish_checkpoint(self, client: CheckpointClient, step: int):
         best = None
         if self.state.best_global_step:
             best = str(client.folder / f"checkpoint-{self.state.best_global_step}")
@@ -212,7 +237,61 @@ class SeekTrainerMixin:
             extra["health"] = {"nonfinite_total": h.nonfinite_total, "nonfinite_streak": h.nonfinite_streak,
                                "grad_out_of_band": h.grad_out_of_band, "warnings": list(h.warnings)}
         (client.staging / f"checkpoint-{step}" / TRAINER_STATE).write_text(json.dumps(extra), encoding="utf-8")
-        client.commit(step, best=self.state.best_model_checkpoint)
+        return client.commit(step, best=self.state.best_model_checkpoint)
+
+    # -- trainer state without pickles (engine/state_files.py) -----------------------------------
+    def _plain_state(self) -> bool:
+        """Whether optimizer/scheduler state is ours to write: not under DeepSpeed, FSDP, XLA or SageMaker,
+        which shard or wrap it in their own formats."""
+        from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available
+
+        return not (self.is_deepspeed_enabled or self.is_fsdp_enabled or is_torch_xla_available()
+                    or is_sagemaker_mp_enabled())
+
+    def _rank(self) -> int | None:
+        return None if self.args.world_size <= 1 else self.args.process_index
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self._plain_state():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            state_files.save_optimizer(self.optimizer, Path(output_dir))
+            state_files.save_plain_state(self.lr_scheduler, Path(output_dir) / state_files.SCHEDULER)
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None or not self._plain_state():
+            return super()._save_scaler(output_dir)
+        if self.args.should_save:
+            state_files.save_plain_state(scaler, Path(output_dir) / state_files.SCALER)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        from transformers.utils import (is_torch_hpu_available, is_torch_mlu_available, is_torch_musa_available,
+                                        is_torch_npu_available, is_torch_xla_available)
+
+        if any(f() for f in (is_torch_xla_available, is_torch_npu_available, is_torch_hpu_available,
+                             is_torch_mlu_available, is_torch_musa_available)):
+            return super()._save_rng_state(output_dir)  # generators only HF knows how to read back
+        os.makedirs(output_dir, exist_ok=True)
+        state_files.save_rng(Path(output_dir), self._rank())
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        folder = Path(checkpoint) if checkpoint else None
+        if folder is None or not (folder / state_files.OPTIMIZER).exists() or not self._plain_state():
+            return super()._load_optimizer_and_scheduler(checkpoint)  # an older checkpoint: HF, weights_only
+        state_files.load_optimizer(self.optimizer, folder)
+        state_files.load_plain_state(self.lr_scheduler, folder / state_files.SCHEDULER)
+
+    def _load_scaler(self, checkpoint):
+        folder = Path(checkpoint) if checkpoint else None
+        if folder is not None and (folder / state_files.SCALER).exists() and getattr(self.accelerator, "scaler", None):
+            return state_files.load_plain_state(self.accelerator.scaler, folder / state_files.SCALER)
+        return super()._load_scaler(checkpoint)
+
+    def _load_rng_state(self, checkpoint):
+        if checkpoint and state_files.load_rng(Path(checkpoint), self._rank()):
+            return
+        return super()._load_rng_state(checkpoint)
 
     def save_model(self, output_dir=None, _internal_call=False):
         super().save_model(output_dir, _internal_call)

@@ -190,6 +190,9 @@ def load_adapter(model: nn.Module, path: str, method: str = "lora"):
     """Wrap `model` with a saved peft adapter, trainable (continual fine-tuning); return (model, AdapterReport)."""
     from peft import PeftModel
 
+    from ..utils.safe_files import check_folder
+
+    check_folder(path, "adapter folder")  # peft falls back to adapter_model.bin when no safetensors
     model = PeftModel.from_pretrained(model, path, is_trainable=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, AdapterReport(method, trainable, sum(p.numel() for p in model.parameters()), _kinds(model),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..utils.safe_files import check_folder
 from .presets import ModelError, fix_pad_token, resolve_model_path
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -80,6 +81,8 @@ def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2labe
                log=print, dropout=None):
     """Return (model, tokenizer, resolved_path). The model is on CPU, in the configured dtype."""
     path = resolve_model_path(model_cfg.name_or_path, log)
+    if Path(path).suffix != ".gguf":
+        check_folder(path, "model folder")  # transformers falls back to pytorch_model.bin when no safetensors
     tok = tokenizer or load_tokenizer(model_cfg, path if not model_cfg.tokenizer else None)
     cls = _auto_class(model_cfg.task)
     kwargs = {"dtype": _DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}

@@ -32,7 +32,9 @@ from transformers import set_seed
 
 from ..data.templates import get_template
 from ..engine.callbacks import MetricsWriter
+from ..engine.interrupt import StopSignals, TrainingInterrupted
 from ..engine.run import RunFolder
+from ..engine.state_files import load_optimizer_tensors, optimizer_tensors
 from ..engine.summary import StageResult, evidence, make_summary
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
@@ -207,40 +209,13 @@ def _score(rm, rm_tok, texts: list[str], bs: int) -> torch.Tensor:
 # Checkpoints: adapter, value head, optimizer and RNG in safetensors, the rest in JSON
 # ---------------------------------------------------------------------------------------------
 
-def _optimizer_tensors(opt) -> tuple[dict, dict]:
-    """AdamW state as flat tensors + JSON (torch.save would pickle it)."""
-    tensors, meta = {}, {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
-                         "steps": {}}
-    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.ndim > 0:
-                tensors[f"{pid}.{k}"] = v.contiguous()
-            else:
-                meta["steps"][f"{pid}.{k}"] = float(v)
-    return tensors, meta
-
-
-def _load_optimizer(opt, tensors: dict, meta: dict) -> None:
-    sd = opt.state_dict()
-    state: dict = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["steps"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = torch.tensor(v)
-    for g, saved in zip(sd["param_groups"], meta["param_groups"]):
-        g.update({k: v for k, v in saved.items() if k != "params"})
-    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-
-
 def save_state(folder: Path, it: int, policy, value_head, opt, gen, kl_ctl, moments) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(policy).items()}, str(folder / "adapter.safetensors"))
     save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, str(folder / "value_head.safetensors"))
-    tensors, meta = _optimizer_tensors(opt)
+    tensors, meta = optimizer_tensors(opt)
     save_file(tensors, str(folder / "optimizer.safetensors"))
     save_file({"prompts": gen.get_state(), "torch": torch.get_rng_state()}, str(folder / "rng.safetensors"))
     (folder / "state.json").write_text(json.dumps({
@@ -255,7 +230,7 @@ def load_state(folder: Path, policy, value_head, opt, gen, kl_ctl, moments) -> i
     set_peft_model_state_dict(policy, load_file(str(folder / "adapter.safetensors")))
     value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
     st = json.loads((folder / "state.json").read_text())
-    _load_optimizer(opt, load_file(str(folder / "optimizer.safetensors")), st["optimizer"])
+    load_optimizer_tensors(opt, load_file(str(folder / "optimizer.safetensors")), st["optimizer"])
     rng = load_file(str(folder / "rng.safetensors"))
     gen.set_state(rng["prompts"])
     torch.set_rng_state(rng["torch"])
@@ -326,7 +301,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     bar = Progress(TextColumn("[bold]ppo"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                    disable=not progress)
-    with bar:
+    with bar, StopSignals() as stop:
         task = bar.add_task("ppo", total=iters, completed=start - 1, info="")
         for it in range(start, iters + 1):
             idx = torch.randint(len(prompts), (a.rollout_batch_size,), generator=gen).tolist()
@@ -340,8 +315,11 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
                 log(f"ppo {it}/{iters}: score {rec['score']:.4f} reward {rec['reward']:.4f} kl {rec['kl']:.4f} "
                     f"entropy {rec['entropy']:.3f} kl_coef {rec['kl_coef']:.4f}")
             bar.update(task, completed=it, info=f"score {rec['score']:.3f} kl {rec['kl']:.3f}")
-            if every and it % every == 0 and it < iters:
-                run.checkpoints.save(it, lambda d: save_state(d, it, policy, value_head, opt, gen, kl_ctl, moments))
+            if (every and it % every == 0 and it < iters) or stop.requested:
+                saved = run.checkpoints.save(it, lambda d: save_state(d, it, policy, value_head, opt, gen, kl_ctl,
+                                                                      moments))
+                if stop.requested:
+                    raise TrainingInterrupted(stop.signum, it, str(saved) if saved else None)
     train_s = time.time() - t_train
     if out is not None:
         out.close()
