@@ -39,12 +39,23 @@ def _user_errors():
     from ..data.io import DataError
     from ..data.templates import TemplateError
     from ..engine.artifacts import ArtifactError
+    from ..engine.checkpoint import CheckpointError
     from ..eval.rewards import RewardError
     from ..export.errors import ExportError
     from ..models.adapters import AdapterError
     from ..models.presets import ModelError
+    from ..utils.safe_files import UnsafeFileError
 
-    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError, ArtifactError, RewardError)
+    return (ConfigError, DataError, TemplateError, AdapterError, ModelError, ExportError, ArtifactError, RewardError,
+            CheckpointError, UnsafeFileError)
+
+
+def _interrupted(e) -> None:
+    """TrainingInterrupted: a checkpoint was saved; say how to continue, exit 128 + the signal number."""
+    from ..utils.console import warn
+
+    warn(str(e))
+    raise typer.Exit(e.exit_code)
 
 
 @app.command()
@@ -86,11 +97,17 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
                                    overwrite)
             log("launching: " + " ".join(cmd))
             raise typer.Exit(subprocess.call(cmd))
+        from ..engine.interrupt import TrainingInterrupted
         from ..stages import run_stage
 
-        run_stage(cfg, resume=resume, overwrite=overwrite, progress=not no_progress)
+        try:
+            run_stage(cfg, resume=resume, overwrite=overwrite, progress=not no_progress)
+        except TrainingInterrupted as e:
+            _interrupted(e)
     except _user_errors() as e:
         _fail(str(e))
+    except KeyboardInterrupt:  # before training began (loading, tokenising): nothing to save yet
+        _fail("interrupted before training started; nothing was saved", 130)
 
 
 @app.command()
@@ -135,11 +152,14 @@ def continue_cmd(previous: Path = typer.Argument(..., help="a finished run folde
                  no_progress: bool = typer.Option(False, "--no-progress")):
     """Continual fine-tuning: new data into an existing run, with replay, optional EWC and a drift check."""
     _quiet_libraries()
+    from ..engine.interrupt import TrainingInterrupted
     from ..stages.continual import continue_run
 
     try:
         continue_run(previous, data, out, eval_data, replay, ewc_lambda, threshold, set_ or [],
                      show_progress=not no_progress, overwrite=overwrite)
+    except TrainingInterrupted as e:
+        _interrupted(e)
     except _user_errors() as e:
         _fail(str(e))
 
@@ -334,6 +354,9 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
           batch_window_ms: Optional[float] = typer.Option(None, help="how long a batch waits for more requests (10)"),
           queue_size: Optional[int] = typer.Option(None, help="waiting requests before 503 (256)"),
           max_tokens: Optional[int] = typer.Option(None, help="largest max_tokens a request may ask for (512)"),
+          max_prompt_tokens: Optional[int] = typer.Option(None, help="longest prompt a request may send, in tokens "
+                                                          "(default: the model's context length)"),
+          max_body_bytes: Optional[int] = typer.Option(None, help="largest request body; larger ones get 413 (1048576)"),
           model_name: Optional[str] = typer.Option(None, help="id served in /v1/models (default: folder name)"),
           threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
           config: Optional[Path] = _DEPLOY_CONFIG):
@@ -344,9 +367,12 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
 
     try:
         d = deploy_settings(model, config, host=host, port=port, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                            queue_size=queue_size, max_tokens=max_tokens, model_name=model_name)
+                            queue_size=queue_size, max_tokens=max_tokens, model_name=model_name,
+                            max_prompt_tokens=max_prompt_tokens, max_body_bytes=max_body_bytes)
         run_server(model, d.host, d.port, ServeOptions(max_batch=d.max_batch, window_ms=d.batch_window_ms,
                                                        queue_size=d.queue_size, max_tokens=d.max_tokens,
+                                                       max_prompt_tokens=d.max_prompt_tokens,
+                                                       max_body_bytes=d.max_body_bytes,
                                                        api_key=api_key, model_name=d.model_name, threads=threads))
     except _user_errors() as e:
         _fail(str(e))

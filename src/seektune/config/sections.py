@@ -287,12 +287,15 @@ class DeployConfig(Section):
     calib_samples: int = Field(32, ge=1, description="calibration texts for head importance")
     eval_samples: int = Field(32, ge=1, description="held-out texts for perplexity in reports")
     recover_steps: int = Field(0, ge=0, description="full-parameter recovery steps after pruning")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 serves other machines too (set an API key)")
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(16, ge=1, description="largest dynamic batch; 1 turns batching off")
     batch_window_ms: float = Field(10.0, ge=0, description="how long a batch waits for more requests")
     queue_size: int = Field(256, ge=1, description="waiting requests before the server answers 503")
     max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longest prompt a request may send, in tokens "
+                                          "(default: the model's context length)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; larger ones get 413")
     model_name: str | None = Field(None, description="model id served in /v1/models (default: run folder name)")
 
 

@@ -6,13 +6,17 @@ before the `delta.content` ones (data/reasoning.py splits the text; the R1 templ
 `<think>` block in the prompt).
 
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` so the `openai`
-client raises its usual exceptions: 400 bad JSON / invalid fields / too many tokens, 401 missing or
-wrong API key, 404 unknown model, 503 queue full. Streaming answers are server-sent events
-(`data: {chunk}` lines ending with `data: [DONE]`).
+client raises its usual exceptions: 400 bad JSON / invalid fields / a prompt, max_tokens or n above
+this server's limits (`param` names the field), 401 missing or wrong API key (compared in constant
+time), 404 unknown model, 413 body too large (serve/limits.py), 503 queue full (with Retry-After).
+Streaming answers are server-sent events (`data: {chunk}` lines ending with `data: [DONE]`). A client
+that goes away, streaming or not, cancels its request: its batch row leaves at the next decode step.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import json
 import time
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..data.reasoning import ReasoningStream, split_generation
 from .batcher import DynamicBatcher, GenRequest, QueueFullError
+from .limits import BodyLimit
 
 
 class _Body(BaseModel):
@@ -65,17 +70,26 @@ class ServeSettings:
     max_tokens_cap: int = 512
     default_max_tokens: int = 128
     api_key: str | None = None
+    max_prompt_tokens: int | None = None  # None: the context length minus one completion token
+    max_body_bytes: int = 1 << 20
+    disconnect_poll_s: float = 0.25       # how often a non-streaming request checks that its client is there
+
+    @property
+    def prompt_cap(self) -> int:
+        return min(self.max_prompt_tokens or self.context_length - 1, self.context_length - 1)
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None):
+                 param: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.retry_after = retry_after
 
     def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
         return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+                                       "code": self.code}}, status_code=self.status, headers=headers)
 
 
 def _text(content) -> str:
@@ -96,7 +110,9 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
         await batcher.stop()
 
     app = FastAPI(title="seektune server", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     started = int(time.time())
+    key_digest = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -109,7 +125,8 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if not given:
             raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        # digests of equal length: the comparison takes the same time whatever the key's length or prefix
+        if not hmac.compare_digest(hashlib.sha256(given.encode()).digest(), key_digest):
             raise ApiError(401, "invalid API key", code="invalid_api_key")
 
     async def parse(request: Request, cls):
@@ -131,18 +148,26 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
             raise ApiError(404, f"the model '{body.model}' does not exist; this server serves "
                                 f"'{settings.model_name}' (see /v1/models)", code="model_not_found", param="model")
         if body.n != 1:
-            raise ApiError(400, "only n=1 is supported", param="n")
+            raise ApiError(400, f"n={body.n} is above this server's limit of 1 (one choice per request; send "
+                                "several requests instead)", param="n", code="too_many_choices")
         return body
 
-    def make_request(body: _Body, prompt_ids: list[int]) -> GenRequest:
+    def check_prompt(n_tokens: int, field: str, which: str = "the prompt") -> None:
+        if n_tokens > settings.prompt_cap:
+            raise ApiError(400, f"{field}: {which} has {n_tokens} tokens, above this server's limit of "
+                                f"{settings.prompt_cap} prompt tokens", param=field, code="prompt_too_long")
+
+    def make_request(body: _Body, prompt_ids: list[int], field: str) -> GenRequest:
         max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
         if max_tokens > settings.max_tokens_cap:
-            raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit of "
-                                f"{settings.max_tokens_cap}", param="max_tokens", code="too_many_tokens")
+            name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise ApiError(400, f"{name}={max_tokens} is above this server's limit of "
+                                f"{settings.max_tokens_cap}", param=name, code="too_many_tokens")
         if len(prompt_ids) + max_tokens > settings.context_length:
             raise ApiError(400, f"this model's maximum context length is {settings.context_length} tokens; the "
                                 f"request asks for {len(prompt_ids)} prompt + {max_tokens} completion tokens",
-                           param="messages", code="context_length_exceeded")
+                           param=field, code="context_length_exceeded")
+        check_prompt(len(prompt_ids), field)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         return GenRequest(prompt_ids, max_tokens, body.temperature, body.top_p, [s for s in stop if s], body.seed)
 
@@ -150,20 +175,33 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
         try:
             batcher.submit(req)
         except QueueFullError as e:
-            raise ApiError(503, str(e), type_="server_error", code="queue_full") from None
+            raise ApiError(503, str(e), type_="server_error", code="queue_full", retry_after=1) from None
 
-    async def collect(req: GenRequest) -> tuple[str, dict]:
+    async def collect(req: GenRequest, request: Request) -> tuple[str, dict]:
+        """The whole answer; gives up (and frees the batch row) as soon as the client has gone."""
         parts = []
+        getter = asyncio.ensure_future(req.events.get())
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while True:
-                kind, value = await req.events.get()
+                done, _ = await asyncio.wait({getter}, timeout=settings.disconnect_poll_s)
+                if loop.time() - checked >= settings.disconnect_poll_s:  # tokens may arrive faster than that
+                    checked = loop.time()
+                    if await request.is_disconnected():
+                        raise ApiError(499, "client closed the request", code="client_closed")
+                if not done:
+                    continue
+                kind, value = getter.result()
                 if kind == "delta":
                     parts.append(value)
+                    getter = asyncio.ensure_future(req.events.get())
                 elif kind == "done":
                     return "".join(parts), value
                 else:
                     raise ApiError(500, value, type_="server_error")
         finally:
+            getter.cancel()
             req.cancelled = True  # a client that went away stops costing decode steps
 
     def usage(info: dict) -> dict:
@@ -238,14 +276,14 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
                 for m in body.messages]
         prompt = template.prompt(msgs)
-        req = make_request(body, tok(prompt, add_special_tokens=False)["input_ids"])
+        req = make_request(body, tok(prompt, add_special_tokens=False)["input_ids"], "messages")
         submit(req)
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
         if body.stream:
             return StreamingResponse(stream(req, rid, "chat.completion.chunk", True,
                                             _include_usage(json.loads(await request.body()))),
                                      media_type="text/event-stream")
-        text, info = await collect(req)
+        text, info = await collect(req, request)
         reasoning, answer = split_generation(text, opens_think)
         message = {"role": "assistant", "content": answer}
         if reasoning is not None:
@@ -278,6 +316,7 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
             if len(ids) + 1 > settings.context_length:
                 raise ApiError(400, f"prompt {i} has {len(ids)} tokens; this model's context is "
                                     f"{settings.context_length}", param="prompt", code="context_length_exceeded")
+            check_prompt(len(ids), "prompt", f"prompt {i}")
             if min(ids) < 0 or max(ids) >= vocab:
                 raise ApiError(400, f"prompt {i} holds token ids outside 0..{vocab - 1}", param="prompt")
         outs = await batcher.score(prompts, body.logprobs)
@@ -304,14 +343,14 @@ def create_app(batcher: DynamicBatcher, tok, template, settings: ServeSettings) 
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ApiError(400, "prompt is empty", param="prompt")
-        req = make_request(body, ids)
+        req = make_request(body, ids, "prompt")
         submit(req)
         rid = "cmpl-" + uuid.uuid4().hex[:24]
         if body.stream:
             return StreamingResponse(stream(req, rid, "text_completion", False,
                                             _include_usage(json.loads(await request.body()))),
                                      media_type="text/event-stream")
-        text, info = await collect(req)
+        text, info = await collect(req, request)
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": settings.model_name,
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": _finish(info)}],
                 "usage": usage(info)}

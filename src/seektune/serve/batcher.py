@@ -171,12 +171,13 @@ class Engine:
     def run(self, reqs: list[GenRequest], take_more=None, max_batch: int | None = None, on_step=None) -> dict:
         """Decode `reqs` to completion. Between decode steps, `take_more(n)` may hand over up to n new
         requests, which are prefilled and join the running batch (continuous batching); finished rows
-        leave at once. Returns counts: steps, row_steps (sum of batch sizes), largest batch, requests."""
+        leave at once, cancelled ones (the client went away) too. Returns counts: steps, row_steps (sum of
+        batch sizes), largest batch, requests, cancelled."""
         rows = [_Row(r, self._generator(r)) for r in reqs]
         state = self._prefill(reqs)
         joinable = take_more is not None and self._joinable(state[0])
         max_batch = max_batch or len(reqs)
-        steps = row_steps = 0
+        steps = row_steps = cancelled = 0
         largest, total = len(rows), len(rows)
         while rows:
             nxt = self._next_tokens(state[3], [w.req for w in rows], [w.gen for w in rows])
@@ -187,6 +188,7 @@ class Engine:
             keep = []
             for i, row in enumerate(rows):
                 finish = self._advance(row, int(nxt[i]))
+                cancelled += finish == "cancelled"
                 if finish:
                     row.req.emit("done", {"finish_reason": finish, "prompt_tokens": len(row.req.prompt_ids),
                                           "completion_tokens": len(row.tokens)})
@@ -210,7 +212,7 @@ class Engine:
                 rows += [_Row(r, self._generator(r)) for r in new]
                 total += len(new)
                 largest = max(largest, len(rows))
-        return {"steps": steps, "row_steps": row_steps, "largest": largest, "requests": total}
+        return {"steps": steps, "row_steps": row_steps, "largest": largest, "requests": total, "cancelled": cancelled}
 
 
 @dataclass
@@ -226,6 +228,7 @@ class BatchStats:
     requests: int = 0
     batches: int = 0          # decode loops started from an empty engine
     rejected_full: int = 0
+    cancelled: int = 0        # rows that left because their client went away
     largest_batch: int = 0
     steps: int = 0            # decode steps
     row_steps: int = 0        # sum over steps of the rows decoded together
@@ -233,6 +236,7 @@ class BatchStats:
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "batches": self.batches, "rejected_full": self.rejected_full,
+                "cancelled": self.cancelled,
                 "largest_batch": self.largest_batch, "steps": self.steps,
                 "mean_batch": round(self.row_steps / self.steps, 2) if self.steps else 0.0,
                 "busy_seconds": round(self.busy_seconds, 2)}
@@ -296,7 +300,9 @@ class DynamicBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            waiting = len(batch)
             batch = [r for r in batch if not r.cancelled]
+            self.stats.cancelled += waiting - len(batch)  # their clients left while they queued
             if not batch:
                 continue
             t0 = time.perf_counter()
@@ -312,8 +318,9 @@ class DynamicBatcher:
                 return got
 
             try:
-                await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch,
-                                           self._on_step)
+                out = await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch,
+                                                 self._on_step)
+                self.stats.cancelled += out.get("cancelled", 0)
             except Exception as e:  # one bad batch must not kill the server: fail its requests
                 for r in batch + joined:
                     r.emit("error", f"generation failed: {type(e).__name__}: {e}")

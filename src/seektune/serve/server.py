@@ -26,6 +26,8 @@ class ServeOptions:
     queue_size: int = 256
     max_tokens: int = 512
     default_max_tokens: int = 128
+    max_prompt_tokens: int | None = None  # None: the model's context length minus one
+    max_body_bytes: int = 1 << 20
     context_length: int | None = None
     api_key: str | None = None
     model_name: str | None = None
@@ -60,11 +62,13 @@ def build_app(target: str | Loaded, opts: ServeOptions):
     ctx = opts.context_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     key = opts.api_key if opts.api_key is not None else os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(opts.model_name or loaded.name, ctx, opts.max_tokens,
-                             min(opts.default_max_tokens, opts.max_tokens), key)
+                             min(opts.default_max_tokens, opts.max_tokens), key, opts.max_prompt_tokens,
+                             opts.max_body_bytes)
     batcher = DynamicBatcher(Engine(model, tok), opts.max_batch, opts.window_ms, opts.queue_size)
     log(f"serve: {loaded.describe} as '{settings.model_name}'; template {template.name}; context {ctx}; "
         f"batching up to {opts.max_batch} within {opts.window_ms:g} ms; queue {opts.queue_size}; "
-        f"API key {'required' if key else 'off'}; threads {torch.get_num_threads()}")
+        f"limits: prompt {settings.prompt_cap} tokens, max_tokens {opts.max_tokens}, body {opts.max_body_bytes} "
+        f"bytes; API key {'required' if key else 'off'}; threads {torch.get_num_threads()}")
     return create_app(batcher, tok, template, settings), batcher
 
 
@@ -103,8 +107,18 @@ class ThreadedServer:
         self.thread.join(timeout=10)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def run_server(target: str, host: str, port: int, opts: ServeOptions) -> None:
+    """Serve in the foreground. The default bind is 127.0.0.1 (deploy.host): reachable from other
+    machines only when asked for, and then a missing API key is warned about."""
     import uvicorn
 
+    from ..utils.console import warn
+
     app, _ = build_app(target, opts)
+    if host not in LOOPBACK and not (opts.api_key or os.environ.get(API_KEY_ENV)):
+        warn(f"serving on {host} without an API key: anyone who can reach port {port} can use the model "
+             f"(set --api-key or {API_KEY_ENV})")
     uvicorn.run(app, host=host, port=port, log_level="info")
