@@ -168,7 +168,8 @@ class Engine:
         return finish
 
     @torch.inference_mode()
-    def run(self, reqs: list[GenRequest], take_more=None, max_batch: int | None = None, on_step=None) -> dict:
+    def run(self, reqs: list[GenRequest], take_more=None, max_batch: int | None = None, on_step=None,
+            on_cancel=None) -> dict:
         """Decode `reqs` to completion. Between decode steps, `take_more(n)` may hand over up to n new
         requests, which are prefilled and join the running batch (continuous batching); finished rows
         leave at once, cancelled ones (the client went away) too. Returns counts: steps, row_steps (sum of
@@ -188,7 +189,10 @@ class Engine:
             keep = []
             for i, row in enumerate(rows):
                 finish = self._advance(row, int(nxt[i]))
-                cancelled += finish == "cancelled"
+                if finish == "cancelled":
+                    cancelled += 1
+                    if on_cancel is not None:
+                        on_cancel()
                 if finish:
                     row.req.emit("done", {"finish_reason": finish, "prompt_tokens": len(row.req.prompt_ids),
                                           "completion_tokens": len(row.tokens)})
@@ -318,9 +322,8 @@ class DynamicBatcher:
                 return got
 
             try:
-                out = await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch,
-                                                 self._on_step)
-                self.stats.cancelled += out.get("cancelled", 0)
+                await loop.run_in_executor(self._pool, self.engine.run, batch, take_more, self.max_batch,
+                                           self._on_step, self._on_cancel)
             except Exception as e:  # one bad batch must not kill the server: fail its requests
                 for r in batch + joined:
                     r.emit("error", f"generation failed: {type(e).__name__}: {e}")
@@ -339,6 +342,9 @@ class DynamicBatcher:
         self.stats.row_steps += rows
         self.stats.largest_batch = max(self.stats.largest_batch, rows)
 
+    def _on_cancel(self) -> None:
+        self.stats.cancelled += 1
+
     async def _drain(self, n: int) -> list[GenRequest]:
         out = []
         while len(out) < n:
@@ -348,4 +354,6 @@ class DynamicBatcher:
                 break
             if not r.cancelled:
                 out.append(r)
+            else:
+                self.stats.cancelled += 1
         return out
