@@ -45,8 +45,8 @@ def chrome(browser: str, driver: str):
 class Page:
     """The few interactions the tests need, keyed by the UI's elem_ids."""
 
-    def __init__(self, driver, url: str, shots: Path):
-        self.d, self.url, self.shots = driver, url, shots
+    def __init__(self, driver, url: str, shots: Path, failures: Path):
+        self.d, self.url, self.shots, self.failures = driver, url, shots, failures
 
     def open(self) -> None:
         self.d.get(self.url)
@@ -63,7 +63,8 @@ class Page:
             if got:
                 return got
             time.sleep(0.25)
-        self.shot("failure")
+        self.failures.mkdir(parents=True, exist_ok=True)
+        self.d.save_screenshot(str(self.failures / "failure.png"))
         raise AssertionError(f"{what} (after {timeout:.0f}s)")
 
     def tab(self, name: str) -> None:
@@ -96,6 +97,17 @@ class Page:
             box.send_keys(Keys.ENTER)
         box.send_keys(Keys.TAB)  # blur: gradio commits the value
 
+    def choose(self, elem_id: str, option: str) -> None:
+        """Pick `option` from a dropdown's list (multiselect dropdowns take no typed values)."""
+        box = self.el(f"#{elem_id} input")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+        box.click()
+        item = self.wait(lambda: [li for li in self.d.find_elements("css selector", "ul.options li")
+                                  if li.text.strip().lstrip("✓ ").strip() == option and li.is_displayed()],
+                         10, f"{elem_id}: no option {option}")[0]
+        item.click()
+        time.sleep(0.3)
+
     def click(self, elem_id: str) -> None:
         b = self.el(f"#{elem_id}")
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", b)
@@ -108,11 +120,22 @@ class Page:
         head.click()
         time.sleep(0.3)
 
-    def shot(self, name: str) -> Path:
+    def shot(self, name: str, max_height: int = 2400) -> Path:
+        """The whole page (up to max_height px), dropdowns closed."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
         self.shots.mkdir(parents=True, exist_ok=True)
         p = self.shots / f"{name}.png"
+        self.d.execute_script("document.activeElement && document.activeElement.blur()")
+        ActionChains(self.d).send_keys(Keys.ESCAPE).perform()
+        self.d.execute_script("document.querySelectorAll('ul.options').forEach(e => e.style.display = 'none')")
         self.d.execute_script("window.scrollTo(0, 0)")
+        height = self.d.execute_script("return document.documentElement.scrollHeight")
+        self.d.set_window_size(1400, min(max(int(height) + 200, 1000), max_height))  # + the window frame
+        time.sleep(0.5)
         self.d.save_screenshot(str(p))
+        self.d.set_window_size(1400, 1000)
         return p
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from ..config import Config, ConfigError, validate_config
+from ..config import ConfigError, validate_config
 from ..config.load import SHARED
 from ..config.stages import STAGES
 from ..models.presets import PRESETS
@@ -266,5 +266,5 @@ def problems_by_key(specs: list[FieldSpec], problems: list[str]) -> dict[str, li
     return out
 
 
-__all__ = ["Config", "FieldSpec", "FormError", "FormResult", "all_specs", "check_form", "form_data", "sections",
+__all__ = ["FieldSpec", "FormError", "FormResult", "all_specs", "check_form", "form_data", "sections",
            "shown_values", "problems_by_key", "yaml_text"]

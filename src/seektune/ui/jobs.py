@@ -63,8 +63,7 @@ def start(ws: Workspace, run_dir: Path, yaml_text: str, resume: bool = False, ov
     run_dir.mkdir(parents=True, exist_ok=True)
     launch = run_dir / LAUNCH_YAML
     launch.write_text(yaml_text, encoding="utf-8")
-    for stale in (EXIT_CODE,):
-        (run_dir / stale).unlink(missing_ok=True)
+    (run_dir / EXIT_CODE).unlink(missing_ok=True)  # from an earlier launch
     cmd = [sys.executable, "-m", "seektune", "train", ws.rel(launch), "--no-progress"]
     cmd += ["--resume"] if resume else []
     cmd += ["--overwrite"] if overwrite and not resume else []

@@ -84,10 +84,11 @@ def status(ws: Workspace, run_dir: Path) -> RunStatus:
     if summary is not None and (run_dir / "summary.json").stat().st_mtime >= _launch_time(run_dir):
         return RunStatus(rel, str(summary.get("status", "done")),
                          f"{summary.get('steps')} steps, train loss {summary.get('train_loss')}", summary, warnings)
-    code = jobs.exit_code(run_dir)
     if jobs.was_stopped(run_dir):
         return RunStatus(rel, "stopped", f"at step {steps}; Resume continues from the newest checkpoint", None, warnings)
-    if code is not None and code != 0 or (code is None and (run_dir / jobs.JOB).exists()):
+    code = jobs.exit_code(run_dir)
+    ended_badly = code != 0 if code is not None else (run_dir / jobs.JOB).exists()  # no code: killed with the UI host
+    if ended_badly:
         return RunStatus(rel, "failed", error_of(run_dir) or f"exit code {code}", None, warnings)
     return RunStatus(rel, "incomplete", f"no summary.json yet (step {steps})", None, warnings)
 

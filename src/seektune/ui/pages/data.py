@@ -37,7 +37,7 @@ def _summary_md(r: dict, clean: dict | None) -> str:
         rej = clean["rejected_by_rule"]
         rows.append(("clean would keep", f"{clean['kept']} of {clean['read']} "
                      f"(rejected: {', '.join(f'{k} {v}' for k, v in rej.items()) or 'none'})"))
-    return "| | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    return "| inspect | |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 
 
 def _rejects_rows(path: Path, ws) -> list[list[str]]:
@@ -48,7 +48,7 @@ def _rejects_rows(path: Path, ws) -> list[list[str]]:
         for line in path.read_text(encoding="utf-8").splitlines()[:MAX_REJECTS_SHOWN]:
             r = json.loads(line)
             where = f"{ws.rel(r['source']) if Path(str(r['source'])).is_absolute() else r['source']}:{r['line']}"
-            rows.append([r["rule"], r["reason"], where])
+            rows.append([r["rule"], r["reason"].replace(f"{ws.root}/", ""), where])  # paths as the UI shows them
     return rows
 
 

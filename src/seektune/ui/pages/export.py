@@ -62,14 +62,13 @@ def build(ctx: UIContext) -> dict:
         int8 = gr.Checkbox(False, label="also INT8 (OUT/int8)", elem_id="export-int8")
         verify = gr.Checkbox(True, label="verify logits after export")
         overwrite = gr.Checkbox(False, label="replace a non-empty export folder")
-        gguf = gr.Checkbox(False, label="GGUF (not available yet)", interactive=False)
+        gr.Checkbox(False, label="GGUF (not available yet)", interactive=False)
     btn = gr.Button("Merge and export", variant="primary", elem_id="export-btn")
     gr.Markdown(GGUF_NOTE)
     result = gr.Markdown(elem_id="export-result")
     with gr.Accordion("export.json", open=False):
         manifest = gr.Code(language="json", interactive=False)
 
-    del gguf
     run.focus(lambda: gr.update(choices=list_runs(ctx.ws)), None, run)
     run.change(default_out, run, out)
     btn.click(partial(export, ctx), [run, out, dtype, int8, verify, overwrite], [result, manifest])

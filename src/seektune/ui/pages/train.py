@@ -8,7 +8,7 @@ import gradio as gr
 from ...config import STAGES
 from .. import jobs
 from ..context import UIContext, problem_md
-from ..form import OPEN_SECTIONS, FieldSpec, check_form, problems_by_key, sections
+from ..form import OPEN_SECTIONS, FieldSpec, check_form, form_data, problems_by_key, sections
 from ..workspace import WorkspaceError
 
 
@@ -50,8 +50,6 @@ def start(ctx: UIContext, specs: list[FieldSpec], values: list, overwrite: bool)
 
 
 def stop_or_resume(ctx: UIContext, specs: list[FieldSpec], values: list, resume: bool) -> str:
-    from ..form import form_data
-
     out = form_data(specs, values, []).get("train", {}).get("output_dir", "runs/default")
     try:
         run_dir = ctx.ws.path(out, "train.output_dir")
