@@ -138,6 +138,13 @@ def test_problems_name_their_key_and_land_on_the_field(ws):
     specs, shown = _filled(ws, data__train="../../etc/passwd")
     assert check_form(specs, shown, ws).problems == [
         f"data.train: '../../etc/passwd' is outside the workspace {ws.root}"]
+    specs, shown = _filled(ws, data__train="data/train.jsonl", eval__benchmarks="['mcq:../exam.csv']",
+                           data__pipeline="[{step: clean, terms: ../../etc/terms.tsv}]")
+    problems = check_form(specs, shown, ws).problems
+    assert [p.split(":")[0] for p in problems] == ["eval.benchmarks[0]", "data.pipeline[0].terms"], problems
+    assert set(problems_by_key(specs, problems)) == {"eval.benchmarks", "data.pipeline"}
+    specs, shown = _filled(ws, data__train="data/train.jsonl", eval__benchmarks="[gsm8k]")
+    assert check_form(specs, shown, ws).problems[0].startswith("eval.gsm8k_file: '../shared/")  # the default
     specs, shown = _filled(ws, data__train="data/train.jsonl", train__lr="[unclosed")
     assert check_form(specs, shown, ws).problems[0].startswith("train.lr: not valid YAML")
     assert "data.train: required" in check_form(*_filled(ws), ws).problems[0]
@@ -164,3 +171,12 @@ def test_status_from_the_files_a_run_wrote(ws):
     assert s.state == "done" and s.warnings == ["grad norm above the band"]
     s = status(ws, failed)
     assert s.state == "failed" and s.detail == "error: data.train: file not found: x.jsonl"
+
+
+def test_browser_test_skips_with_the_reason_when_no_browser(monkeypatch):
+    pytest.importorskip("selenium")
+    from ui_browser import find_browser
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.skip.Exception, match="chromium and chromedriver not on PATH.*apt-get install"):
+        find_browser()

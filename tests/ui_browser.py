@@ -67,13 +67,31 @@ class Page:
         self.d.save_screenshot(str(self.failures / "failure.png"))
         raise AssertionError(f"{what} (after {timeout:.0f}s)")
 
-    def tab(self, name: str) -> None:
-        for b in self.d.find_elements("css selector", "button[role='tab']"):
-            if b.text.strip() == name:
-                b.click()
-                time.sleep(0.5)
+    def press(self, find, what: str, timeout: float = 120) -> None:
+        """Click what `find()` returns, retrying while a loading overlay covers it (a busy machine)."""
+        from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+
+        t0 = time.time()
+        while True:
+            try:
+                el = find()
+                self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+                el.click()
                 return
-        raise AssertionError(f"no tab {name}")
+            except (ElementClickInterceptedException, StaleElementReferenceException):
+                if time.time() - t0 > timeout:
+                    raise AssertionError(f"{what} stayed covered for {timeout:.0f}s") from None
+                time.sleep(0.5)
+
+    def tab(self, name: str) -> None:
+        def find():
+            for b in self.d.find_elements("css selector", "button[role='tab']"):
+                if b.text.strip() == name:
+                    return b
+            raise AssertionError(f"no tab {name}")
+
+        self.press(find, f"tab {name}")
+        time.sleep(0.5)
 
     def el(self, css: str):
         return self.d.find_element("css selector", css)
@@ -87,9 +105,9 @@ class Page:
     def fill(self, elem_id: str, text: str, enter: bool = False, inner: str = "textarea, input") -> None:
         from selenium.webdriver.common.keys import Keys
 
-        box = self.el(", ".join(f"#{elem_id} {sel.strip()}" for sel in inner.split(",")))
-        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-        box.click()
+        css = ", ".join(f"#{elem_id} {sel.strip()}" for sel in inner.split(","))
+        self.press(lambda: self.el(css), elem_id)
+        box = self.el(css)
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(Keys.DELETE)
         box.send_keys(text)
@@ -99,9 +117,7 @@ class Page:
 
     def choose(self, elem_id: str, option: str) -> None:
         """Pick `option` from a dropdown's list (multiselect dropdowns take no typed values)."""
-        box = self.el(f"#{elem_id} input")
-        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-        box.click()
+        self.press(lambda: self.el(f"#{elem_id} input"), elem_id)
         item = self.wait(lambda: [li for li in self.d.find_elements("css selector", "ul.options li")
                                   if li.text.strip().lstrip("✓ ").strip() == option and li.is_displayed()],
                          10, f"{elem_id}: no option {option}")[0]
@@ -109,15 +125,11 @@ class Page:
         time.sleep(0.3)
 
     def click(self, elem_id: str) -> None:
-        b = self.el(f"#{elem_id}")
-        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", b)
-        b.click()
+        self.press(lambda: self.el(f"#{elem_id}"), elem_id)
 
     def unfold(self, elem_id: str) -> None:
         """Open a folded accordion (a Train-form section, the chat settings)."""
-        head = self.el(f"#{elem_id} > button, #{elem_id} .label-wrap")
-        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", head)
-        head.click()
+        self.press(lambda: self.el(f"#{elem_id} > button, #{elem_id} .label-wrap"), elem_id)
         time.sleep(0.3)
 
     def shot(self, name: str, max_height: int = 2400) -> Path:

@@ -28,7 +28,8 @@ SOURCE = "the Train form"
 PATH_KEYS = ("model.name_or_path", "model.tokenizer", "data.train", "data.eval", "train.output_dir",
              "train.replay.file", "train.ewc.data", "train.ewc.fisher_file", "train.deepspeed.config_file",
              "eval.general_eval", "tune.test_data", "ppo.reward_model")
-BENCH_PATH_KEYS = ("eval.cmmlu_dir", "eval.gsm8k_file")  # read only when eval.benchmarks is set
+# read only when eval.benchmarks names that benchmark without a file of its own
+BENCH_PATH_KEYS = (("eval.cmmlu_dir", "cmmlu"), ("eval.cmmlu_dir", "cmmlu:"), ("eval.gsm8k_file", "gsm8k"))
 OPEN_SECTIONS = ("model", "adapter", "data", "train")  # shown unfolded; the rest start folded
 
 
@@ -207,7 +208,8 @@ def shown_values(specs: list[FieldSpec], cfg=None) -> list:
 
 
 def _path_problems(cfg, ws: Workspace) -> list[str]:
-    keys = list(PATH_KEYS) + (list(BENCH_PATH_KEYS) if cfg.eval.benchmarks else [])
+    kinds = {s.partition(":")[0].strip().lower() + (":" if s.partition(":")[2] else "") for s in cfg.eval.benchmarks}
+    keys = list(PATH_KEYS) + [k for k, kind in BENCH_PATH_KEYS if kind in kinds]
     problems = []
     if not cfg.data.train:
         problems.append("data.train: required (a data file in the workspace)")
@@ -224,7 +226,32 @@ def _path_problems(cfg, ws: Workspace) -> list[str]:
             continue
         if key == "train.output_dir" and p == ws.root:
             problems.append("train.output_dir: must be a folder inside the workspace, not the workspace itself")
+    for key, value in _named_files(cfg):
+        try:
+            ws.path(value, key)
+        except WorkspaceError as e:
+            problems.append(str(e))
     return problems
+
+
+def _looks_like_path(v) -> bool:
+    return isinstance(v, str) and ("/" in v or "\\" in v or v.endswith((".jsonl", ".json", ".csv", ".tsv", ".txt", ".gz")))
+
+
+def _named_files(cfg):
+    """(key, path) of files named inside list values: benchmark specs (gsm8k:FILE, mcq:FILE:dev=FILE) and
+    data.pipeline step options (a terms file, mix's general data, ...)."""
+    for i, spec in enumerate(cfg.eval.benchmarks):
+        kind, _, rest = spec.partition(":")
+        if kind.strip().lower() in ("gsm8k", "mcq") and rest:
+            for part in rest.split(":"):
+                value = part.split("=", 1)[1] if part.startswith("dev=") else part
+                if _looks_like_path(value) or part == rest.split(":")[0]:
+                    yield f"eval.benchmarks[{i}]", value
+    for i, step in enumerate(cfg.data.pipeline):
+        for opt, value in (step.model_extra or {}).items():
+            if _looks_like_path(value) and value not in PRESETS:
+                yield f"data.pipeline[{i}].{opt}", value
 
 
 @dataclass
@@ -260,7 +287,7 @@ def problems_by_key(specs: list[FieldSpec], problems: list[str]) -> dict[str, li
     for p in problems:
         named = p.split(":", 1)[0].strip()
         for k in keys:
-            if named == k or named.startswith(k + "."):
+            if named == k or named.startswith((k + ".", k + "[")):
                 out.setdefault(k, []).append(p)
                 break
     return out
