@@ -283,3 +283,78 @@ def test_damaged_tokenized_cache_is_detected_and_rebuilt(tmp_path, alpaca_file, 
         assert again.train == first.train and again.eval == first.eval, why
         assert entry.read_bytes() == good, why  # rewritten whole
     assert build().stats["cache"].startswith("hit")
+
+
+# ---------------------------------------------------------------------------------------------
+# Long forms (SEEKTUNE_LONG=1, `make test-long`): the real command line, real signals from outside
+# ---------------------------------------------------------------------------------------------
+
+LONG = os.environ.get("SEEKTUNE_LONG") == "1"
+
+
+def _yaml(tmp_path, data, steps: int, save_steps) -> Path:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {{name_or_path: tiny-qwen2}}\nadapter: {{method: lora, r: 4, alpha: 8, dropout: 0}}\n"
+                   f"data: {{train: {data}, max_length: 48, eval_ratio: 0, cache: false}}\n"
+                   f"train: {{max_steps: {steps}, batch_size: 2, lr: 0.01, logging_steps: 1, save_steps: {save_steps}, "
+                   f"seed: 0, num_threads: 1, output_dir: {tmp_path / 'run'}}}\n"
+                   "eval: {before_after: false, report: false}\n")
+    return cfg
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "seektune", "train", *map(str, args), "--no-progress"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="long form only (SEEKTUNE_LONG=1); the short form is test_sigterm_...")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_signal_mid_run_exits_cleanly_then_resumes(tmp_path, alpaca_file, sig):
+    import time
+
+    cfg = _yaml(tmp_path, alpaca_file, steps=12, save_steps="null")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    proc = subprocess.Popen(_cli(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert "Traceback" not in err and f"{signal.Signals(sig).name}: stopped after step" in err and "--resume" in err
+    ckpts = CheckpointClient(tmp_path / "run" / "checkpoints").complete()
+    assert len(ckpts) == 1 and not (tmp_path / "run" / "final").exists()
+    r = subprocess.run(_cli(cfg, "--resume"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr[-3000:]
+    assert _steps(tmp_path / "run") == list(range(1, 13))
+
+
+KILL_IN_RNG_WRITE = r'''
+import os, signal, sys
+from seektune.engine import state_files
+from seektune.cli import app
+real, calls = state_files.save_rng, []
+def save_rng(folder, rank=None):
+    calls.append(folder)
+    if len(calls) == 2:  # inside checkpoint-4's write: model and optimizer are on disk, the RNG state is not
+        (folder / "rng_state.safetensors").write_bytes(b"\x08\x00")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(folder, rank)
+state_files.save_rng = save_rng
+app(sys.argv[1:])
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="long form only (SEEKTUNE_LONG=1); the short form is test_sigkill_mid_...")
+def test_sigkill_inside_a_trainer_checkpoint_write_then_resume(tmp_path, alpaca_file):
+    cfg = _yaml(tmp_path, alpaca_file, steps=6, save_steps=2)
+    r = subprocess.run([sys.executable, "-c", KILL_IN_RNG_WRITE, "train", str(cfg), "--no-progress"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    folder = tmp_path / "run" / "checkpoints"
+    assert Path(CheckpointClient(folder).latest()).name == "checkpoint-2"
+    assert (folder / ".staging" / "checkpoint-4").exists() and not (folder / "checkpoint-4").exists()
+    r = subprocess.run(_cli(cfg, "--resume"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "checkpoint-2" in r.stderr, r.stderr[-3000:]
+    assert _steps(tmp_path / "run") == list(range(1, 7)) and (tmp_path / "run" / "final" / COMPLETE).exists()
