@@ -45,13 +45,18 @@ class _ConfigBase(Section):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        train = dict(data.get("train") or {})
-        task = (data.get("model") or {}).get("task", "causal_lm")
-        if "stage" not in train and task in CLASSIFICATION_TASKS:
+        # a section that is not a mapping (a list, a scalar, a !!set) is left to the field validation, which
+        # names it (found by fuzzing: `train: [1]` and `model: abc` were a TypeError / AttributeError here)
+        train_in = data.get("train")
+        train = dict(train_in) if isinstance(train_in, dict) else {}
+        model_in = data.get("model")
+        task = model_in.get("task", "causal_lm") if isinstance(model_in, dict) else "causal_lm"
+        if "stage" not in train and task in CLASSIFICATION_TASKS and isinstance(train_in, (dict, type(None))):
             train["stage"] = "classify"  # a classification model.task has always meant this stage
             data["train"] = train
         if "align" in data:
-            _translate_align(data, train.get("stage", "sft"))
+            stage = train.get("stage", "sft")
+            _translate_align(data, stage if isinstance(stage, str) else "sft")
         return data
 
     @model_validator(mode="after")
@@ -81,6 +86,8 @@ def _translate_align(data: dict, stage_name: str) -> None:
     if not isinstance(align, dict):
         raise ValueError("align: must be a mapping")
     spec = STAGES.get(stage_name)
+    if not isinstance(data.get(stage_name) or {}, dict):
+        return  # the stage's own section is not a mapping: its field validation names it
     target = dict(data.get(stage_name) or {})
     fields = spec.options.model_fields if spec is not None and spec.options is not None else {}
     for k, v in align.items():
@@ -284,6 +291,39 @@ def validate_config(data: dict, source: str = "defaults"):
     return cfg
 
 
+def _config_text(p: Path) -> str:
+    """The file as text: UTF-8 (a BOM allowed) or UTF-16 with a BOM; anything else is a ConfigError naming the
+    file and the byte (found by fuzzing: a GBK or binary file was a UnicodeDecodeError traceback)."""
+    raw = p.read_bytes()
+    enc = "utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not {enc.replace('-sig', '')} text (byte {e.start}: "
+                          f"{raw[e.start:e.start + 1]!r}); save the config as UTF-8") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so
+    `lr: 1e-4` further down a file used to override the one a user was editing). `<<:` merges may still be
+    overridden by an explicit key, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                k = (key_node.tag, key_node.value)
+                if k in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key '{key_node.value}' (first on line {seen[k] + 1})", key_node.start_mark)
+                seen[k] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
     """Read a YAML file (or start from defaults), apply `--set` overrides, validate."""
     data: dict = {}
@@ -293,10 +333,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(p)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
+        text = _config_text(p)
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(text, Loader=_StrictLoader)
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        except RecursionError:  # found by fuzzing: thousands of nested brackets
+            raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
+        except ValueError as e:  # found by fuzzing: an integer over Python's 4300-digit limit
+            raise ConfigError(f"{p}: not valid YAML: {str(e).split(';')[0]}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

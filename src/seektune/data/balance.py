@@ -30,6 +30,8 @@ class BalanceOptions(BaseModel):
 
 def downsample_caps(counts: dict[str, int], max_share: float) -> dict[str, int]:
     """Largest per-class limit L such that min(c, L) / sum(min(c_j, L)) <= max_share for every class."""
+    if not counts:
+        return {}
     if len(counts) * max_share < 1 - 1e-9:
         raise DataError(f"max_share={max_share} is impossible with {len(counts)} classes (needs >= {1 / len(counts):.3f})")
 
@@ -91,6 +93,9 @@ def balance_records(records, opts: BalanceOptions) -> tuple[list[dict], dict, di
 def balance_file(in_path, out_path, opts: BalanceOptions | None = None, log=print) -> dict:
     opts = opts or BalanceOptions()
     records, rejects = read_all(in_path)
+    if not records:  # found by fuzzing: an empty or all-malformed file was a ZeroDivisionError
+        raise DataError(f"{in_path}: no records to balance" + (f" ({len(rejects)} malformed, first "
+                        f"{rejects[0]['source']}:{rejects[0]['line']}: {rejects[0]['reason']})" if rejects else ""))
     out, before, after = balance_records(records, opts)
     write_records(out_path, out)
     n = len(out)

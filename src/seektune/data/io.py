@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,30 @@ class Record:
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"
+
+
+# a \uD800-\uDFFF escape: json decodes a lone one into a str that cannot be written back as UTF-8
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _parse_json(s: str):
+    """json.loads, with every way it can fail as a JSONDecodeError-like (message, column); found by fuzzing:
+    an integer over Python's 4300-digit limit (ValueError), nesting deeper than the recursion limit
+    (RecursionError) and a lone UTF-16 surrogate escape, which loads but crashes every later write."""
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", s, 0) from None
+    except ValueError as e:  # int digit limit
+        raise json.JSONDecodeError(str(e).split(";")[0], s, 0) from None
+    if _SURROGATE_ESCAPE.search(s):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise json.JSONDecodeError("a \\u escape is a lone UTF-16 surrogate, not a character", s, 0) from None
+    return obj
 
 
 def _open_bytes(path: Path):
@@ -123,7 +148,7 @@ def read_records(path: str | Path, encoding: str | None = None, on_error: str = 
             if not s:
                 continue
             try:
-                obj = json.loads(s)
+                obj = _parse_json(s)
             except json.JSONDecodeError as e:
                 bad(i, f"invalid JSON ({e.msg} at column {e.colno})", s)
                 continue
@@ -134,7 +159,7 @@ def read_records(path: str | Path, encoding: str | None = None, on_error: str = 
     elif kind == "json":
         text = "".join(_text_lines(path, enc))
         try:
-            obj = json.loads(text)
+            obj = _parse_json(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{src}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
         if isinstance(obj, dict):
@@ -180,7 +205,7 @@ def _looks_like_jsonl(path: Path, enc: str) -> bool:
         return False
     first = head.split("\n", 1)[0].strip()
     try:
-        json.loads(first)
+        _parse_json(first)
         return "\n" in head.strip()
     except json.JSONDecodeError:
         return False
