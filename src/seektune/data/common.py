@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import Record, read_records, write_jsonl
+from .io import DataError, Record, read_records, write_jsonl
 from .formats import detect_kind
 
 
@@ -19,7 +19,12 @@ def read_all(path: str | Path) -> tuple[list[Record], list[dict]]:
 
 
 def kind_of(rec: Record, forced: str = "auto") -> str:
-    return forced if forced != "auto" else detect_kind(rec.data)
+    if forced != "auto":
+        return forced
+    try:
+        return detect_kind(rec.data)
+    except DataError as e:  # found by fuzzing: split/balance/augment/curriculum said which fields, not where
+        raise DataError(f"{rec.where}: {e}") from None
 
 
 def write_records(path: str | Path, datas) -> int:

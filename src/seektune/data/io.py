@@ -74,6 +74,17 @@ def detect_encoding(path: str | Path, sample_bytes: int = 1 << 20) -> str:
         return "utf-8-sig"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16"
+    # UTF-16 without a BOM is valid UTF-8 (a NUL after every ASCII byte); found by fuzzing, it was read as
+    # field names like 't\x00e\x00x\x00t\x00'. Mostly-NUL odd (even) bytes: little (big) endian.
+    probe = head[:4096]
+    if len(probe) >= 4:
+        for enc, zeros in (("utf-16-le", probe[1::2]), ("utf-16-be", probe[0::2])):
+            if zeros.count(0) >= 0.9 * len(zeros):
+                try:
+                    codecs.getincrementaldecoder(enc)().decode(head, final=len(head) < sample_bytes)
+                    return enc
+                except UnicodeDecodeError:
+                    pass
 
     def _decodes(enc: str) -> bool:
         try:
