@@ -235,6 +235,9 @@ class TuneConfig(Section):
     pruner: Literal["median", "hyperband", "wilcoxon", "none"] = Field(
         "median", description="stop a trial early from the evaluations it reports (needs train.eval_steps)")
     startup_trials: int = Field(3, ge=0, description="trials that are never pruned (and sampled at random by TPE)")
+    prune_after_steps: int = Field(
+        0, ge=0, description="no trial is pruned at an evaluation before this training step: the first evaluations "
+        "are noisy and favour settings that warm up fast over those that end best (median pruner)")
     baseline: bool = Field(True, description="the first trial runs the config's own values (the default to beat)")
     storage: str | None = Field(
         None, description="Optuna storage URL; default sqlite:///<train.output_dir>/tune/study.db (resumes after a "

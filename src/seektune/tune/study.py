@@ -61,7 +61,8 @@ def make_pruner(cfg):
     import optuna
 
     t = cfg.tune
-    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=0),
+    warm = t.prune_after_steps
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=warm),
             "hyperband": lambda: optuna.pruners.HyperbandPruner(),
             "wilcoxon": lambda: optuna.pruners.WilcoxonPruner(),
             "none": lambda: optuna.pruners.NopPruner()}[t.pruner]()
