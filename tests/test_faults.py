@@ -77,12 +77,17 @@ def test_ctrl_c_twice_acts_at_once():
     """The first SIGINT only sets the flag; a second one (an impatient user) interrupts straight away."""
     from seektune.engine.interrupt import StopSignals
 
-    with StopSignals() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested and stop.signum == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
+    # Python's own Ctrl-C handler, as the CLI has it (an earlier test or library may have replaced it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopSignals() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert stop.requested and stop.signum == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------------------------------
