@@ -529,9 +529,14 @@ def test_fuzz_data_files(case):
     _data_case(*case, cat="data/generated")
 
 
+# a real file of ../shared/data (index), up to 3 mutations, a re-encoding: the short and long forms draw alike
+REAL_FILE_CASE = (st.integers(0, 10_000),
+                  st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 1 << 20)), max_size=3),
+                  st.sampled_from(["utf-8", "gbk", "utf-16", "latin-1", "keep"]))
+
+
 @FAST
-@given(st.integers(0, 10_000), st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 1 << 20)), max_size=3),
-       st.sampled_from(["utf-8", "gbk", "utf-16", "latin-1", "keep"]))
+@given(*REAL_FILE_CASE)
 def test_fuzz_real_shared_files_mutated(which, mutations, enc):
     if not SHARED_FILES:
         pytest.skip("../shared/data not present")
@@ -629,8 +634,7 @@ def test_long_fuzz_data_files(case):
 @pytest.mark.slow
 @long_only
 @settings(LONGS, max_examples=max(1, LONG_EXAMPLES // 2))
-@given(st.integers(0, 10_000), st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 1 << 20)), max_size=3),
-       st.sampled_from(["utf-8", "gbk", "utf-16", "latin-1", "keep"]))
+@given(*REAL_FILE_CASE)
 def test_long_fuzz_real_shared_files_mutated(which, mutations, enc):
     if not SHARED_FILES:
         pytest.skip("../shared/data not present")
