@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from seektune.config import ConfigError, load_config
-from seektune.engine.distributed import deepspeed_config, torchrun_command
+from seektune.engine.distributed import deepspeed_config
+from seektune.engine.launch import torchrun_command
 
 
 def _losses(run):

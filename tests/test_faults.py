@@ -334,6 +334,72 @@ def test_cli_signal_mid_run_exits_cleanly_then_resumes(tmp_path, alpaca_file, si
     assert _steps(tmp_path / "run") == list(range(1, 13))
 
 
+# ---------------------------------------------------------------------------------------------
+# Signals under --nproc: the launcher passes each signal to torchrun once and waits for the workers
+# ---------------------------------------------------------------------------------------------
+
+STAND_IN_TORCHRUN = r"""
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+open(sys.argv[1], "w").write(f"{os.getsid(0)}")
+while not got:
+    time.sleep(0.01)
+time.sleep(0.5)  # the workers finishing their step and checkpoint: a second copy would cut this short
+open(sys.argv[1], "a").write(f" {len(got)}")
+sys.exit(128 + got[0])
+"""
+
+LAUNCHER = r"""
+import sys
+from seektune.engine.launch import launch_torchrun
+done = launch_torchrun([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+print(done.returncode, done.signum)
+"""
+
+
+def test_launcher_forwards_a_signal_to_torchrun_once_and_waits(tmp_path):
+    """The UI's Stop, a scheduler's SIGTERM or Ctrl-C reach torchrun (hence the workers) exactly once."""
+    import time
+
+    mark = tmp_path / "child"
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, STAND_IN_TORCHRUN, str(mark)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own group: killpg = a terminal's Ctrl-C
+    deadline = time.time() + 300  # importing torch on a loaded machine
+    while not mark.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert mark.exists(), "the stand-in torchrun never started"
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, as a terminal or a scheduler signals it
+    out, _ = proc.communicate(timeout=60)
+    sid, count = mark.read_text().split()
+    assert int(sid) != proc.pid, "torchrun runs in a session of its own (the launcher leads its own)"
+    assert count == "1", "torchrun got the signal once (not also straight from the group)"
+    assert out.split() == [str(128 + signal.SIGTERM), str(int(signal.SIGTERM))]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="long form only (SEEKTUNE_LONG=1); the short form is test_launcher_forwards_...")
+def test_sigterm_under_nproc_2_checkpoints_every_rank_and_leaves_no_worker(tmp_path, alpaca_file):
+    import time
+
+    cfg = _yaml(tmp_path, alpaca_file, steps=400, save_steps="null")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    proc = subprocess.Popen(_cli(cfg, "--nproc", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to seektune only, as the UI's Stop does
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "SIGTERM: stopped after step" in err and "--resume" in err
+    ckpts = CheckpointClient(tmp_path / "run" / "checkpoints").complete()
+    assert len(ckpts) == 1 and not (tmp_path / "run" / "final").exists()
+    step = ckpts[0][0]
+    assert 2 <= step < 400 and _steps(tmp_path / "run")[-1] == step, "stopped at the step both ranks agreed"
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "run" / "launch_config.yaml")], capture_output=True, text=True)
+    assert left.stdout == "", f"workers left running: {left.stdout}"
+
+
 KILL_IN_RNG_WRITE = r'''
 import os, signal, sys
 from seektune.engine import state_files

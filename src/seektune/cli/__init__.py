@@ -82,9 +82,10 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
 
             cfg = run_pipeline(cfg, Path(cfg.train.output_dir) / "data", show_progress=not no_progress, log=log)
         if nproc > 1 or nnodes > 1:
-            import subprocess
+            import signal
 
-            from ..engine.distributed import torchrun_command
+            from ..engine.checkpoint import step_of
+            from ..engine.launch import launch_torchrun, torchrun_command
 
             if not STAGES[cfg.train.stage].multi_process:
                 raise ConfigError(f"--nproc: stage {cfg.train.stage} runs in one process")
@@ -96,7 +97,17 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
             cmd = torchrun_command(str(launch), [], nproc, nnodes, node_rank, master_addr, master_port, resume,
                                    overwrite)
             log("launching: " + " ".join(cmd))
-            raise typer.Exit(subprocess.call(cmd))
+            done = launch_torchrun(cmd)
+            if done.signum is not None:  # the workers saved a checkpoint and stopped (or say why not)
+                from ..engine.checkpoint import latest_checkpoint
+                from ..engine.interrupt import TrainingInterrupted
+
+                ckpt = latest_checkpoint(run_dir / "checkpoints")
+                if ckpt is None:
+                    _fail(f"{signal.Signals(done.signum).name}: the workers stopped before any checkpoint "
+                          "was written; nothing to resume", 128 + done.signum)
+                _interrupted(TrainingInterrupted(done.signum, step_of(ckpt), ckpt))
+            raise typer.Exit(done.returncode)
         from ..engine.interrupt import TrainingInterrupted
         from ..stages import run_stage
 

@@ -1,36 +1,13 @@
 """Scale-out on the field's engines: torchrun for launching; DDP, FSDP2 or DeepSpeed ZeRO through
-the HF Trainer / accelerate integration. seektune only translates its config into theirs.
+the HF Trainer / accelerate integration. seektune only translates its config into theirs (launching
+is engine/launch.py).
 """
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from ..config import ConfigError
-
-
-def torchrun_command(config: str, overrides: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     master_addr: str | None = None, master_port: int = 29500, resume: bool = False,
-                     overwrite: bool = False) -> list[str]:
-    """The torchrun command that runs `seektune train` on every process of this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    if nnodes > 1:
-        if not master_addr:
-            raise ConfigError("--nnodes > 1 needs --master-addr (the address of node 0)")
-        cmd += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}",
-                f"--master_port={master_port}"]
-    else:
-        cmd += ["--standalone"]  # a free rendezvous port on this machine
-    cmd += ["-m", "seektune", "train", config, "--no-progress"]
-    for o in overrides:
-        cmd += ["--set", o]
-    if resume:
-        cmd.append("--resume")
-    if overwrite:
-        cmd.append("--overwrite")
-    return cmd
 
 
 def decoder_layer_classes(model) -> list[str]:
