@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/seektune demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The full form of the slow checks (real-model thresholds, longer runs).
 test-long: $(STAMP)
