@@ -1,0 +1,95 @@
+"""`seektune data deidentify IN --out OUT`: stream a data file, replace personal data in its text fields.
+
+Only strings that data tools edit are touched (the same rule as `data clean`: roles, labels, ids,
+tokens/tags and `_`-prefixed fields are left alone), and within them only the detected spans; a
+record with nothing found is written exactly as it was read. Malformed input lines go to
+`<stem>.rejects.jsonl` as in `data clean`, so read = written + rejected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+from ..formats import SKIP_KEYS
+from ..io import read_records
+from ..progress import record_progress
+from .options import DeidentifyOptions
+from .report import Report, report_path_for, sample_path_for
+
+
+def rejects_path_for(out) -> Path:
+    from .report import _stem
+
+    return Path(out).with_name(f"{_stem(Path(out))}.rejects.jsonl")
+
+
+def deidentify_record(data, deid, path: str = "", key: str | None = None, found: list | None = None):
+    """A copy of `data` with its text fields de-identified; (path, original, spans) appended to `found`.
+
+    Walks the record like formats.map_strings (same SKIP_KEYS rule) but keeps the field path for the
+    review sample."""
+    if key in SKIP_KEYS or (key or "").startswith("_"):
+        return data
+    if isinstance(data, str):
+        new, spans = deid(data)
+        if spans and found is not None:
+            found.append((path, data, spans))
+        return new
+    if isinstance(data, dict):
+        return {k: deidentify_record(v, deid, f"{path}.{k}" if path else str(k), k, found) for k, v in data.items()}
+    if isinstance(data, list):
+        return [deidentify_record(v, deid, f"{path}[{i}]", key, found) for i, v in enumerate(data)]
+    return data
+
+
+def deidentify_file(in_path, out_path, opts: DeidentifyOptions | None = None, show_progress: bool = True,
+                    deid=None) -> dict:
+    """De-identify IN into OUT (JSONL); write `<stem>.report.json` and `<stem>.sample.jsonl`; return the report."""
+    from .engine import Deidentifier
+
+    opts = opts or DeidentifyOptions()
+    t0 = time.time()
+    deid = deid or Deidentifier(opts)
+    t_ready = time.time()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    rej_path = rejects_path_for(out_path)
+    report = Report(opts.sample)
+    errors: list[dict] = []
+    n_rej = 0
+    opener = gzip.open if out_path.suffix == ".gz" else open
+    with opener(out_path, "wt", encoding="utf-8") as fout, open(rej_path, "w", encoding="utf-8") as frej, \
+            record_progress(f"deidentify {Path(in_path).name}", show_progress) as advance:
+        def flush_errors():
+            nonlocal n_rej
+            while errors:
+                e = errors.pop(0)
+                n_rej += 1
+                frej.write(json.dumps({"rule": "read_error", "reason": e["reason"], "source": e["source"],
+                                       "line": e["line"], "record": e.get("raw")}, ensure_ascii=False) + "\n")
+                advance()
+
+        for rec in read_records(in_path, on_error="collect", errors=errors):
+            flush_errors()
+            found: list = []
+            new = deidentify_record(rec.data, deid, found=found)
+            report.add(rec.where, found)
+            fout.write(json.dumps(new if found else rec.data, ensure_ascii=False) + "\n")
+            advance()
+        flush_errors()
+    secs = time.time() - t_ready
+    summary = {"input": str(in_path), "output": str(out_path), "report": str(report_path_for(out_path)),
+               "sample": str(sample_path_for(out_path)), "rejects": str(rej_path), **report.summary(),
+               "rejected": n_rej, "mode": opts.mode, "types": opts.types, "options": opts.model_dump(),
+               "engine": "presidio-analyzer + seektune zh recognizers", "setup_seconds": round(t_ready - t0, 2),
+               "seconds": round(secs, 2),
+               "records_per_s": round(report.stats["scanned"] / secs, 1) if secs > 0 else None}
+    summary["read"] = report.stats["scanned"] + n_rej
+    with open(sample_path_for(out_path), "w", encoding="utf-8") as f:
+        for s in report.sample:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    report_path_for(out_path).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    return summary
