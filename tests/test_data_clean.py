@@ -10,7 +10,7 @@ import pytest
 from seektune.data.clean import CleanOptions, clean_file, rejects_path_for
 from seektune.data.io import DataError
 from seektune.data.dedup import minhash_reference, minhash_values
-from seektune.data.rules import TermNormaliser, is_no_answer, mask_pii, normalise_whitespace
+from seektune.data.rules import TermNormaliser, is_no_answer, normalise_whitespace
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -77,18 +77,18 @@ def test_edits_are_counted_per_rule(tmp_path):
     terms.write_text(json.dumps({"新冠病毒": "COVID-19", "flu": "influenza"}, ensure_ascii=False), encoding="utf-8")
     rows = [
         {"question": "感染新冠病毒\u200b怎么办？", "answer": "居家隔离，   多休息。\r\n\n\n\n有事打13812345678或写信到 a.b@example.com"},
-        {"question": "The flu and influence", "answer": "Rest. ID 110105199003071234 on file."},
+        {"question": "The flu and influence", "answer": "Rest. ID 110105199003071239 on file."},
         {"question": "ｆｕｌｌ width", "answer": "多喝水，注意休息。"},
     ]
     s, kept, rej = _clean(tmp_path, rows, terms=str(terms), pii=True, unicode_form="NFKC")
     assert not rej
     assert kept[0]["question"] == "感染COVID-19怎么办?"  # NFKC folds full-width punctuation
-    assert kept[0]["answer"] == "居家隔离, 多休息。\n\n有事打[PHONE]或写信到 [EMAIL]"
+    assert kept[0]["answer"] == "居家隔离, 多休息。\n\n有事打<PHONE>或写信到 <EMAIL>"  # the deidentify engine
     assert kept[1]["question"] == "The influenza and influence"  # whole words only
-    assert kept[1]["answer"] == "Rest. ID [ID] on file."
+    assert kept[1]["answer"] == "Rest. ID <ID_CARD> on file."
     assert kept[2]["question"] == "full width"
     c = s["changed_by_rule"]
-    assert c["terms"] == 2 and c["pii_phone"] == 1 and c["pii_email"] == 1 and c["pii_id_number"] == 1
+    assert c["terms"] == 2 and c["pii_phone"] == 1 and c["pii_email"] == 1 and c["pii_id_card"] == 1
     assert c["whitespace"] == 1 and c["unicode"] == 2
 
 
@@ -96,8 +96,6 @@ def test_rule_helpers():
     assert normalise_whitespace("  a\u00a0\u00a0b \t\n\n\n\nc\x07 ") == "a b\n\nc"
     assert is_no_answer("N/A") and is_no_answer("不清楚！") and not is_no_answer("不知道的话可以去医院检查。")
     assert TermNormaliser({"COVID": "COVID-19", "新冠": "COVID-19"})("covid 新冠肺炎") == "COVID-19 COVID-19肺炎"
-    text, fired = mask_pii("call +86 138-1234-5678, landline 010-12345678; 1381234567890123 is not a phone")
-    assert text.count("[PHONE]") == 2 and "1381234567890123" in text and fired == ["phone"]
 
 
 def test_gzip_output(tmp_path):

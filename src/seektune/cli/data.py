@@ -110,7 +110,8 @@ def register(data_app: typer.Typer) -> None:
                   no_near_dedup: bool = typer.Option(False, "--no-near-dedup"),
                   no_exact_dedup: bool = typer.Option(False, "--no-exact-dedup"),
                   terms: Optional[str] = typer.Option(None, help="term dictionary: variant -> canonical (JSON/TSV/CSV)"),
-                  pii: bool = typer.Option(False, "--pii", help="mask phone numbers, ID numbers, emails"),
+                  pii: bool = typer.Option(False, "--pii", help="replace personal data by <TYPE> tags (the "
+                                           "`data deidentify` engine; use that command for pseudonyms and a report)"),
                   unicode_form: Optional[str] = typer.Option(None, help="NFC (default), NFKC or none"),
                   min_answer_chars: Optional[int] = typer.Option(None, help="shorter answers are rejected (2)"),
                   max_chars: Optional[int] = typer.Option(None, help="longer rows are rejected (20000)"),
@@ -119,7 +120,7 @@ def register(data_app: typer.Typer) -> None:
                   workers: Optional[int] = typer.Option(None, help="processes for MinHash (1)"),
                   no_progress: bool = typer.Option(False, "--no-progress"),
                   as_json: bool = typer.Option(False, "--json")):
-        """Normalise, mask PII, filter low quality, drop exact and near duplicates; rejects keep their reason."""
+        """Normalise, de-identify (--pii), filter low quality, drop exact and near duplicates; rejects keep their reason."""
         from ..data.clean import CleanOptions, clean_file
 
         opts = _options(CleanOptions, near_threshold=near_threshold, ngram=ngram, terms=terms, pii=pii or None,
@@ -136,6 +137,34 @@ def register(data_app: typer.Typer) -> None:
         rows += [("records/s", s["records_per_s"])]
         _table(f"clean {inp} -> {out}", rows)
         console.print(f"rejects: {s['rejects']}", markup=False)
+        _emit_json(s, as_json)
+
+    @data_app.command("deidentify")
+    def deidentify_cmd(inp: Path = typer.Argument(..., metavar="IN", help="data file"),
+                       out: Path = typer.Option(..., "--out", help="de-identified JSONL; <stem>.report.json and "
+                                                                   "<stem>.sample.jsonl go next to it"),
+                       mode: Optional[str] = typer.Option(None, help="tag (<PHONE>, default) or pseudonym "
+                                                                     "(consistent fake values of the same shape)"),
+                       types: Optional[str] = typer.Option(None, help="comma-separated entity types (default all): "
+                                                                      "ID_CARD,PHONE,BANK_CARD,EMAIL,ADDRESS,PERSON,"
+                                                                      "DATE_OF_BIRTH,MRN"),
+                       seed: Optional[int] = typer.Option(None, help="pseudonym key (0); keep it private"),
+                       min_score: Optional[float] = typer.Option(None, help="Presidio score a detection needs (0.5)"),
+                       sample: Optional[int] = typer.Option(None, help="changed records in the review sample (20)"),
+                       no_progress: bool = typer.Option(False, "--no-progress"),
+                       as_json: bool = typer.Option(False, "--json")):
+        """Replace personal data (IDs, phones, cards, e-mails, addresses, names, birth dates, record numbers) in
+        text fields, with Microsoft Presidio plus Chinese recognizers; everything else stays as it was."""
+        from ..data.deidentify import DeidentifyOptions, deidentify_file
+
+        opts = _options(DeidentifyOptions, mode=mode, types=types, seed=seed, min_score=min_score, sample=sample)
+        s = _guard(deidentify_file, inp, out, opts, not no_progress)
+        rows = [("records scanned", s["records_scanned"]), ("records changed", s["records_changed"]),
+                ("spans replaced", s["spans_replaced"])]
+        rows += [(f"  {k}", v) for k, v in s["spans_by_type"].items()]
+        rows += [("rejected (malformed)", s["rejected"]), ("records/s", s["records_per_s"])]
+        _table(f"deidentify {inp} -> {out} ({s['mode']})", rows)
+        console.print(f"report: {s['report']}\nreview sample: {s['sample']}", markup=False)
         _emit_json(s, as_json)
 
     @data_app.command("split")

@@ -51,7 +51,7 @@ class DataPipelineStep(BaseModel):
     step's options (the same as its `seektune data STEP` flags), checked when the config loads."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
-    step: Literal["clean", "split", "balance", "augment", "curriculum", "mix"]
+    step: Literal["deidentify", "clean", "split", "balance", "augment", "curriculum", "mix"]
 
     @model_validator(mode="after")
     def _check_options(self):

@@ -1,7 +1,7 @@
 """`seektune data clean`: normalise, mask, filter and de-duplicate a data file, losing nothing.
 
 Streams the input (a file larger than memory works): each record is edited (Unicode/whitespace,
-term dictionary, optional PII masking), checked by the quality rules, then checked against the
+term dictionary, optional de-identification), checked by the quality rules, then checked against the
 exact-duplicate set and the MinHash LSH near-duplicate index of the records kept so far. Kept
 records go to OUT as JSONL in their original shape; every dropped record goes to
 `<OUT stem>.rejects.jsonl` with the rule that fired, the reason and its source line. The summary
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .dedup import NearDupIndex, exact_key, minhash_values
 from .io import DataError, read_records
 from .progress import record_progress
-from .rules import TermNormaliser, is_garbled, is_no_answer, load_term_dict, mask_pii, normalise_unicode, normalise_whitespace
+from .rules import TermNormaliser, is_garbled, is_no_answer, load_term_dict, normalise_unicode, normalise_whitespace
 from .formats import KINDS, answer_texts, content_text, detect_kind, map_strings, missing_for_partial, required_fields
 
 
@@ -38,7 +38,8 @@ class CleanOptions(BaseModel):
     unicode_form: Literal["NFC", "NFKC", "none"] = Field("NFC", description="NFKC also folds full-width punctuation")
     whitespace: bool = Field(True, description="drop zero-width/control chars, collapse spaces, strip")
     terms: str | None = Field(None, description="term dictionary (JSON object or 2-column TSV/CSV): variant -> canonical")
-    pii: bool = Field(False, description="mask phone numbers, ID numbers and emails")
+    pii: bool = Field(False, description="replace personal data by type tags (<PHONE>, <ID_CARD> ...) with the "
+                      "`data deidentify` engine; that command adds pseudonyms, --types, a report and a review sample")
     exact_dedup: bool = True
     near_dedup: bool = True
     near_threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard of character n-grams")
@@ -72,12 +73,17 @@ def summary_path_for(out: str | Path) -> Path:
 
 _OPTS: CleanOptions | None = None
 _TERMS: TermNormaliser | None = None
+_DEID = None  # the de-identification engine, built once per process when `pii` is on
 
 
 def _init_worker(opts_json: str, terms: dict | None) -> None:
-    global _OPTS, _TERMS
+    global _OPTS, _TERMS, _DEID
     _OPTS = CleanOptions.model_validate_json(opts_json)
     _TERMS = TermNormaliser(terms) if terms else None
+    if _OPTS.pii and _DEID is None:  # a forked worker inherits the parent's engine
+        from .deidentify import Deidentifier
+
+        _DEID = Deidentifier()
 
 
 def _edit(data: dict, opts: CleanOptions, terms: TermNormaliser | None) -> tuple[dict, list[str]]:
@@ -97,9 +103,18 @@ def _edit(data: dict, opts: CleanOptions, terms: TermNormaliser | None) -> tuple
         step("whitespace", normalise_whitespace)
     if terms is not None:
         step("terms", terms)
-    if opts.pii:
-        for kind in ("id_number", "email", "phone"):
-            step(f"pii_{kind}", lambda s, k=kind: mask_pii(s, (k,))[0])
+    if opts.pii:  # one pass of the de-identification engine; counted per type found (pii_phone, pii_person ...)
+        fired: set[str] = set()
+
+        def deid(s: str) -> str:
+            new, spans = _DEID(s)
+            fired.update(sp.type for sp in spans)
+            return new
+
+        new = map_strings(data, deid)
+        if fired:
+            data = new
+            changed += [f"pii_{t.lower()}" for t in sorted(fired)]
     return data, changed
 
 

@@ -1,8 +1,9 @@
 """The `data.pipeline` section of a training config: data steps run on data.train before training.
 
 Each step reads the previous step's output and writes `NN_step.jsonl` (split writes a folder) under
-the run's `data/` folder. After a `split`, later steps (balance, augment, curriculum, mix) apply to
-the training split only and the validation split becomes data.eval, so evaluation never sees
+the run's `data/` folder. A `deidentify` step replaces personal data (put it first, so every later
+output and rejects file is already de-identified). After a `split`, later steps (balance, augment,
+curriculum, mix) apply to the training split only and the validation split becomes data.eval, so evaluation never sees
 balanced, augmented or mixed records. A `curriculum` step turns on `data.curriculum` so the trainer
 keeps its order. `pipeline.json` records every step's summary.
 """
@@ -19,7 +20,7 @@ from .io import DataError
 STEP_OPTIONS = {
     "clean": ("clean", "CleanOptions"), "split": ("split", "SplitOptions"), "balance": ("balance", "BalanceOptions"),
     "augment": ("augment", "AugmentOptions"), "curriculum": ("curriculum", "CurriculumOptions"),
-    "mix": ("mix", "MixOptions"),
+    "mix": ("mix", "MixOptions"), "deidentify": ("deidentify", "DeidentifyOptions"),
 }
 
 
@@ -46,6 +47,7 @@ def run_pipeline(cfg, out_dir: str | Path, show_progress: bool = True, log=print
     from .balance import balance_file
     from .clean import clean_file
     from .curriculum import curriculum_file
+    from .deidentify import deidentify_file
     from .mix import mix_files
     from .split import split_file
 
@@ -80,6 +82,11 @@ def run_pipeline(cfg, out_dir: str | Path, show_progress: bool = True, log=print
         elif st.step == "augment":
             s = augment_file(current, target, opts, show_progress)
             log(f"data pipeline {name}: {s['source']:,} records + {s['augmented']:,} augmented copies")
+        elif st.step == "deidentify":
+            s = deidentify_file(current, target, opts, show_progress)
+            log(f"data pipeline {name}: {s['records_changed']:,} of {s['records_scanned']:,} records de-identified "
+                f"({', '.join(f'{k} {v:,}' for k, v in s['spans_by_type'].items()) or 'nothing found'}); "
+                f"review sample in {s['sample']}")
         elif st.step == "curriculum":
             s = curriculum_file(current, target, opts, show_progress)
             curriculum = True

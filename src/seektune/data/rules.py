@@ -1,4 +1,6 @@
-"""The per-record rules of `seektune data clean`: text edits (normalise, terms, PII) and quality checks.
+"""The per-record rules of `seektune data clean`: text edits (normalise, terms) and quality checks.
+
+PII is not masked here: `clean --pii` runs the de-identification engine (data/deidentify/).
 
 Edits return the new string; `clean.py` counts every record an edit changed. Quality checks return
 the name of the rule that fired plus a reason, or None, so each reject can say exactly why.
@@ -83,33 +85,6 @@ class TermNormaliser:
         if self.pattern is None:
             return text
         return self.pattern.sub(lambda m: self.terms.get(m.group(0)) or self.lower[m.group(0).lower()], text)
-
-
-# --------------------------------------------------------------------------------------------
-# PII masking
-# --------------------------------------------------------------------------------------------
-
-PII_PATTERNS = {
-    # 18-digit PRC resident ID (last may be X) and 15-digit legacy IDs; before phones (IDs contain digit runs)
-    "id_number": (re.compile(r"(?<![0-9A-Za-z])(?:[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]"
-                             r"|[1-9]\d{7}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3})(?![0-9A-Za-z])"), "[ID]"),
-    "email": (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), "[EMAIL]"),
-    # mainland mobiles (optionally +86), landlines 0xx-xxxxxxxx, and international +country numbers
-    "phone": (re.compile(r"(?<![0-9])(?:(?:\+?86[\s\-]?)?1[3-9]\d[\s\-]?\d{4}[\s\-]?\d{4}"
-                         r"|0\d{2,3}-\d{7,8}"
-                         r"|\+\d{1,3}[\s\-]?(?:\(\d{1,4}\)[\s\-]?)?\d{2,4}[\s\-]?\d{3,4}[\s\-]?\d{3,4})(?![0-9])"), "[PHONE]"),
-}
-
-
-def mask_pii(text: str, kinds=("id_number", "email", "phone")) -> tuple[str, list[str]]:
-    """Mask phone numbers, ID numbers and emails; return the text and the kinds that fired."""
-    fired = []
-    for kind in kinds:
-        pat, repl = PII_PATTERNS[kind]
-        text, n = pat.subn(repl, text)
-        if n:
-            fired.append(kind)
-    return text, fired
 
 
 # --------------------------------------------------------------------------------------------
