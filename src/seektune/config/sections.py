@@ -286,6 +286,10 @@ class DeployConfig(Section):
     adapter_only: bool = Field(False, description="export the LoRA adapter without merging")
     quantize: Literal["int8"] | None = Field(None, description="int8: also write OUT/int8 (loaded weight-only by default)")
     verify: bool = Field(True, description="reload the export and compare logits with the adapter model")
+    export_format: Literal["hf", "gguf"] = Field(
+        "hf", description="hf: safetensors folder; gguf: also a llama.cpp GGUF + Ollama Modelfile (make gguf-tools)")
+    gguf_quant: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m"] | None = Field(
+        None, description="GGUF weights (export_format gguf only; default f16); q4_k_m needs llama.cpp built")
     prune_heads: float = Field(0.3, gt=0, lt=1, description="share of attention heads `seektune prune` removes")
     calib_samples: int = Field(32, ge=1, description="calibration texts for head importance")
     eval_samples: int = Field(32, ge=1, description="held-out texts for perplexity in reports")
@@ -300,6 +304,12 @@ class DeployConfig(Section):
                                           "(default: the model's context length)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body; larger ones get 413")
     model_name: str | None = Field(None, description="model id served in /v1/models (default: run folder name)")
+
+    @model_validator(mode="after")
+    def _gguf_options_need_gguf(self):
+        if self.gguf_quant is not None and self.export_format != "gguf":
+            raise ValueError("gguf_quant (--quant) is only used with export_format: gguf (--format gguf)")
+        return self
 
 
 class EvalConfig(Section):

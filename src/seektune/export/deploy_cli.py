@@ -41,6 +41,15 @@ def export_command(run: str, out: Path, d, report: bool, data: Path | None, over
         console.print(markdown_table(rows, COLUMNS), markup=False)
         log(f"table saved to {Path(out) / 'report' / 'report.md'}")
         return
+    if d.export_format == "gguf":
+        clash = [f for f, on in (("--report", report), ("--adapter-only", d.adapter_only), ("--quantize", d.quantize),
+                                 ("--dtype", d.export_dtype != "fp32")) if on]
+        if clash:
+            raise ExportError(f"--format gguf cannot be combined with {', '.join(clash)} (GGUF weights: --quant)")
+        from .gguf.pipeline import export_gguf
+
+        export_gguf(run, out, d.gguf_quant or "f16", overwrite=overwrite, verify=d.verify)
+        return
     export_run(run, out, d.export_dtype, adapter_only=d.adapter_only, verify=d.verify, quantize=d.quantize,
                overwrite=overwrite)
 
