@@ -28,6 +28,12 @@ def _valid_date(y: int, m: int, d: int, today: _dt.date | None = None) -> bool:
     return _dt.date(1900, 1, 1) <= day <= (today or _dt.date.today())
 
 
+def looks_like_resident_id(s: str) -> bool:
+    """A known province and a real birth date where an 18-character ID has them (the check may be wrong)."""
+    return len(s) == 18 and s[:14].isdigit() and int(s[:2]) in PROVINCE_CODES and \
+        _valid_date(int(s[6:10]), int(s[10:12]), int(s[12:14]))
+
+
 def valid_resident_id(s: str, today: _dt.date | None = None) -> bool:
     """18 characters, a known province, a real birth date not in the future, and the right check character."""
     s = s.upper()

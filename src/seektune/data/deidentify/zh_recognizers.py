@@ -16,7 +16,7 @@ import regex
 
 from . import lexicon as L
 from ._presidio import EmailRecognizer, Pattern, PatternRecognizer
-from .checksums import luhn_valid, valid_legacy_id, valid_resident_id
+from .checksums import looks_like_resident_id, luhn_valid, valid_legacy_id, valid_resident_id
 
 LANG = "zh"  # one analyzer language for mixed Chinese/English text
 FLAGS = regex.DOTALL | regex.MULTILINE  # case matters for names; no IGNORECASE (Presidio's default)
@@ -75,16 +75,20 @@ class CnLandlineRecognizer(_Recognizer):
 
 
 class BankCardRecognizer(_Recognizer):
-    """Card numbers of 16-19 digits, contiguous or in groups of four; Luhn-valid and not one repeated digit."""
+    """Card numbers of 16-19 digits, contiguous or in groups of four; Luhn-valid and not one repeated digit.
+    An 18-digit number shaped like a resident ID (province, birth date) whose ID check fails is neither:
+    one in ten such numbers passes Luhn by chance."""
 
     ENTITY = "BANK_CARD"
     PATTERNS = [
-        Pattern("card contiguous", r"(?<![\d])[1-9]\d{15,18}(?!\d)", 0.3),
+        Pattern("card contiguous", r"(?<![\dA-Za-z])[1-9]\d{15,18}(?![\dA-Za-z])", 0.3),
         Pattern("card grouped", r"(?<![\d])[1-9]\d{3}([ -])\d{4}\1\d{4}\1\d{4}(?:\1?\d{1,3})?(?![\d])", 0.3),
     ]
 
     def validate_result(self, text):
         digits = "".join(c for c in text if c.isdigit())
+        if len(digits) == 18 and looks_like_resident_id(digits):
+            return False
         return 16 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_valid(digits)
 
 
@@ -176,7 +180,8 @@ class ChineseNameRecognizer(_Recognizer):
 # capitalised words that start a sentence after "Dr." / "Name:" and are not names
 _NOT_NAMES = ("(?:The|This|That|These|Those|It|Its|I|You|Your|We|He|She|They|My|Our|Yes|No|Not|Okay|Ok|Thanks|Thank|"
               "Hello|Hi|Dear|Please|Since|As|If|In|On|At|For|And|But|So|Also|Email|Phone|Call|Because|When|What|How|"
-              "Why|Is|Are|Can|Could|Should|Would|Will|Do|Does|Did|Have|Has|Take|Try|After|Before|Then|There|Here)")
+              "Why|Is|Are|Can|Could|Should|Would|Will|Do|Does|Did|Have|Has|Take|Try|After|Before|Then|There|Here|"
+              "Dr|Mr|Mrs|Ms|Miss|Prof|Patient|Doctor|Medical|Hospital|Order|Reference)")
 
 
 class EnglishNameRecognizer(_Recognizer):
@@ -191,13 +196,24 @@ class EnglishNameRecognizer(_Recognizer):
 
 # ------------------------------------------------------------------------------------------ addresses
 
-_NC = rf"(?:(?![我你他她它们在的是到于从住家去来了和与及或向往为就要想请把被给对说自很也还看])[{HAN}])"
+# a place name may not start with a function word (我住在中山路 -> 中山路) and holds none of the
+# commonest ones (的, 是, 在 ...); 家 and 自 may follow its first character (张家口, 李家村)
+_NC0 = rf"(?:(?![某何哪什么这那其该各每多有我你他她它们在的是到于从住家去来了与及或向往为就要想请把被给对说自很也还看])[{HAN}])"
+_NCX = rf"(?:(?![某何哪什么这那其该各每有我你他她它们在的是到于从住去来了与及或向往为就要想请把被给对说很也还看])[{HAN}])"
+
+
+def _name(lo: int, hi: int) -> str:
+    """lo..hi characters of a place name (lazy)."""
+    return rf"{_NC0}{_NCX}{{{lo - 1},{hi - 1}}}?"
+
+
 _PROV = rf"(?:{_alt(L.PROVINCES)})(?:省|市|壮族自治区|回族自治区|维吾尔自治区|自治区|特别行政区)?"
-_CITY = rf"(?:(?:{_alt(L.CITIES)})市?|{_NC}{{2,3}}?(?:市|自治州|地区|盟))"
-_LOW = (rf"(?:{_NC}{{1,5}}?(?:新区|区|县|旗|镇|乡|街道)|{_NC}{{1,6}}?(?:村|社区)"
-        rf"|(?:{_NC}|\d){{1,8}}?(?:大道|大街|路|街|巷|弄|胡同)|{_NC}{{2,8}}?(?:小区|花园|公寓|大厦|家园|新村|苑)"
+_CITY = rf"(?:(?:{_alt(L.CITIES)})市?|{_name(2, 4)}(?:市|自治州|盟))"
+# district, village ... names have 2+ characters: 地区, 军区, 农村 are not places
+_LOW = (rf"(?:{_name(2, 5)}(?:新区|区|县|旗|镇|乡|街道)|{_name(2, 6)}(?:村|社区)"
+        rf"|(?:{_NC0}|\d)(?:{_NCX}|\d){{0,7}}?(?:大道|大街|路|街|巷|弄|胡同)|{_name(2, 8)}(?:小区|花园|公寓|大厦|家园|新村|苑)"
         rf"|\d{{1,5}}(?:号院|号楼|号|栋|幢|座|单元|室|组)|[一二三四五六七八九十]{{1,3}}(?:号楼|号|栋|单元|组))")
-_ROADNUM = rf"{_NC}{{2,6}}?(?:大道|大街|路|街|巷|弄)\d{{1,5}}号"
+_ROADNUM = rf"{_name(2, 6)}(?:大道|大街|路|街|巷|弄)\d{{1,5}}号"
 
 
 class ChineseAddressRecognizer(_Recognizer):
