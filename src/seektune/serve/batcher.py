@@ -236,7 +236,7 @@ class BatchStats:
     largest_batch: int = 0
     steps: int = 0            # decode steps
     row_steps: int = 0        # sum over steps of the rows decoded together
-    busy_seconds: float = 0.0
+    busy_seconds: float = 0.0  # summed when a decode loop ends (a loop still running is not in it)
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "batches": self.batches, "rejected_full": self.rejected_full,
@@ -312,6 +312,7 @@ class DynamicBatcher:
             t0 = time.perf_counter()
             joined: list[GenRequest] = []
             self.stats.requests += len(batch)
+            self.stats.batches += 1  # counted when it starts: under steady load one loop never ends
 
             def take_more(n: int) -> list[GenRequest]:
                 if n <= 0 or self.max_batch == 1:
@@ -328,7 +329,6 @@ class DynamicBatcher:
                 for r in batch + joined:
                     r.emit("error", f"generation failed: {type(e).__name__}: {e}")
             self.stats.busy_seconds += time.perf_counter() - t0
-            self.stats.batches += 1
 
     async def score(self, prompts: list[list[int]], top: int) -> list[dict]:
         """Prompt log-probabilities, on the generation thread (one model call at a time)."""
