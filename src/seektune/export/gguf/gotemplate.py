@@ -57,7 +57,7 @@ def _parse(items, i=0, stop=("end",)):
         if word in stop or (word == "else" and "else" in stop):
             return nodes, i
         if word == "if":
-            branches, i = [], i
+            branches = []
             cond = s[2:].strip()
             while True:
                 body, j = _parse(items, i + 1, stop=("end", "else"))
@@ -90,8 +90,6 @@ def _parse(items, i=0, stop=("end",)):
         else:
             nodes.append(("print", s))
             i += 1
-    if stop != ("end",) or i < len(items):
-        pass
     return nodes, i
 
 

@@ -146,7 +146,7 @@ def build_modelfile(tok, template_kind: str, gguf_name: str, num_ctx: int, add_b
     if chosen is None:
         notes.append("the chat template has no Go form in seektune: the Modelfile has no TEMPLATE, so Ollama "
                      "guesses one from the GGUF's tokenizer.chat_template; check it with `ollama show --template`")
-    lines = [f"# written by seektune export: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
+    lines = ["# written by seektune export: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
     if go is not None:
         lines.append(f'TEMPLATE """{go}"""')
         if '"""' in go:
