@@ -30,10 +30,10 @@ _VENDOR = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
 MANIFEST = "seektune_gguf_tools.json"
 ENV_DIR = "SEEKTUNE_GGUF_TOOLS"
-INSTALL_HINT = ("the GGUF converter is not installed: run `make gguf-tools` (or "
-                f"`{Path(sys.executable).name} -m pip install -e '.[gguf]' && "
-                f"{Path(sys.executable).name} -m seektune.export.gguf.tools`; "
-                "offline: add --sdist FILE with a copy of " + SDIST_NAME + ")")
+# no square brackets: the CLI prints errors through rich, which would eat "[gguf]" as markup
+INSTALL_HINT = ("the GGUF converter is not installed: run `make gguf-tools` (it installs seektune's gguf extra, "
+                "then runs `python -m seektune.export.gguf.tools`; offline: add --sdist FILE with a copy of "
+                + SDIST_NAME + ")")
 
 
 class ToolsMissing(RuntimeError):
@@ -81,8 +81,8 @@ def locate(root: Path | None = None) -> Converter:
         raise ToolsMissing(f"{root} is incomplete: {INSTALL_HINT}")
     missing = missing_python_packages()
     if missing:
-        raise ToolsMissing(f"the converter needs {', '.join(missing)}: pip install -e '.[gguf]' "
-                           "(versions pinned in requirements.lock)")
+        raise ToolsMissing(f"the converter needs {', '.join(missing)}: run `make gguf-tools` (seektune's gguf extra, "
+                           "versions pinned in requirements.lock)")
     return conv
 
 
