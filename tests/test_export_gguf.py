@@ -26,6 +26,9 @@ try:
     NO_CONVERTER = None
 except tools.ToolsMissing as e:
     NO_CONVERTER = str(e)
+# the f16 Llama conversion is the short form in `make test`; q8_0 Qwen2 and DeepSeek-V3 (~100 s) are long
+long_only = pytest.mark.skipif(os.environ.get("SEEKTUNE_LONG") != "1",
+                               reason="long form only (SEEKTUNE_LONG=1); the short form is test_tiny_llama_lora_run_to_f16_...")
 needs_converter = pytest.mark.skipif(NO_CONVERTER is not None, reason=f"{NO_CONVERTER}")
 
 SMOLLM2_TEMPLATE = (  # SmolLM2-Instruct's own chat template: ChatML with a default system prompt
@@ -173,6 +176,7 @@ def test_tiny_llama_lora_run_to_f16_gguf_agrees_and_gets_a_modelfile(tiny_llama_
 
 @needs_converter
 @pytest.mark.slow
+@long_only
 def test_tiny_qwen2_lora_run_to_q8_0_gguf_tracks_the_merged_model(tmp_path):
     from seektune.export.gguf.pipeline import export_gguf
 
@@ -190,6 +194,7 @@ def test_tiny_qwen2_lora_run_to_q8_0_gguf_tracks_the_merged_model(tmp_path):
 
 @needs_converter
 @pytest.mark.slow
+@long_only
 def test_tiny_deepseek_v3_converts_to_deepseek2_with_mla_and_moe_tensors(tmp_path):
     from gguf import GGUFReader
 

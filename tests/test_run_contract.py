@@ -92,7 +92,8 @@ def _pref_yaml(stage: str, data: dict, out: Path) -> str:
             f"{stage}: {{max_prompt_length: 24}}\n")
 
 
-@pytest.fixture(scope="module", params=["dpo", "rm"])
+# dpo in `make test` (the pair stages share one trainer path); rm too in the long form (it costs ~35 s)
+@pytest.fixture(scope="module", params=["dpo", "rm"] if os.environ.get("SEEKTUNE_LONG") == "1" else ["dpo"])
 def resumed(request, data, tmp_path_factory):
     """An uninterrupted run and a run SIGKILLed after checkpoint-4 then resumed (--resume)."""
     stage = request.param
