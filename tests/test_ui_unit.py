@@ -1,10 +1,13 @@
 """The UI's non-browser parts, in seconds: path safety, the form -> config -> YAML round trip, the
-host/auth refusal, and what a run folder's files say about its status."""
+host/auth refusal, what a run folder's files say about its status, Stop / Resume of a real job
+subprocess (a stand-in trainer that keeps the run-folder contract) and the Data page's upload."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 
 import pytest
 
@@ -171,6 +174,109 @@ def test_status_from_the_files_a_run_wrote(ws):
     assert s.state == "done" and s.warnings == ["grad norm above the band"]
     s = status(ws, failed)
     assert s.state == "failed" and s.detail == "error: data.train: file not found: x.jsonl"
+
+
+# ------------------------------------------------------------------ Stop / Resume of a job subprocess
+
+# `seektune train CONFIG [--resume]` in a few lines, keeping the run-folder contract (engine/run.py) and
+# the CLI's SIGTERM behaviour (engine/interrupt.py): finish the step, write a complete checkpoint
+# (slowly, so a Stop that does not wait for it shows), exit 128 + 15; --resume continues after the newest
+STAND_IN = """
+import json, os, signal, sys, time
+from pathlib import Path
+import yaml
+
+cfg = yaml.safe_load(Path(sys.argv[1]).read_text())
+run, steps = Path(cfg["train"]["output_dir"]), cfg["train"]["max_steps"]
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+done = sorted(int(p.parent.name.split("-")[1]) for p in run.glob("checkpoints/*/seektune_complete.json"))
+first = done[-1] + 1 if "--resume" in sys.argv and done else 1
+print("starting at step", first, flush=True)
+for step in range(first, steps + 1):
+    time.sleep(float(os.environ["STAND_IN_STEP_S"]))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "loss": 1 / step}) + "\\n")
+    if stop:
+        ckpt = run / "checkpoints" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        time.sleep(0.5)
+        (ckpt / "seektune_complete.json").write_text("{}")
+        print(f"SIGTERM: stopped after step {step}", flush=True)
+        sys.exit(143)
+(run / "summary.json").write_text(json.dumps({"status": "done", "steps": steps, "train_loss": 1 / steps}))
+"""
+
+
+@pytest.fixture
+def stand_in(ws, tmp_path_factory, monkeypatch):
+    from seektune.ui import jobs
+
+    script = tmp_path_factory.mktemp("trainer") / "train.py"
+    script.write_text(STAND_IN, encoding="utf-8")
+    monkeypatch.setattr(jobs, "TRAIN", [sys.executable, str(script)])
+    monkeypatch.setenv("STAND_IN_STEP_S", "0.05")
+    yield jobs
+    for run_dir in ws.runs_dir.glob("*"):  # a failed test leaves no process behind
+        jobs.stop(run_dir)
+
+
+def _steps(run_dir) -> list[int]:
+    p = run_dir / "metrics.jsonl"
+    return [json.loads(ln)["step"] for ln in p.read_text().splitlines()] if p.exists() else []
+
+
+def _wait(cond, what: str, timeout: float = 60) -> None:
+    t0 = time.time()
+    while not cond():
+        assert time.time() - t0 < timeout, what
+        time.sleep(0.02)
+
+
+def test_stop_waits_for_the_checkpoint_and_resume_continues_from_it(ws, stand_in, monkeypatch):
+    from seektune.ui.runs import status
+
+    jobs, run = stand_in, ws.runs_dir / "job"
+    jobs.start(ws, run, "train:\n  output_dir: runs/job\n  max_steps: 300\n")
+    _wait(lambda: len(_steps(run)) >= 2, "the job never logged a step: " + (run / jobs.LOG).read_text())
+    assert status(ws, run).state == "running"
+    assert "runs/job has a run in progress (stop it first)" in jobs.control(ws, "runs/job", True)
+
+    assert jobs.control(ws, "runs/job", False) == "stopped `runs/job`"
+    # Stop returned only once the trainer had written its checkpoint and exited as the CLI does on SIGTERM
+    assert jobs.exit_code(run) == 143 and not jobs.is_running(run)
+    stopped_at = _steps(run)[-1]
+    assert [p.parent.name for p in run.glob("checkpoints/*/seektune_complete.json")] == [f"checkpoint-{stopped_at}"]
+    st = status(ws, run)
+    assert st.state == "stopped" and st.detail.startswith(f"at step {stopped_at};")
+    assert jobs.control(ws, "runs/job", False) == "`runs/job`: no run in progress started from a UI"
+
+    monkeypatch.setenv("STAND_IN_STEP_S", "0")
+    assert jobs.control(ws, "runs/job", True) == "resuming `runs/job` from its newest checkpoint"
+    _wait(lambda: jobs.exit_code(run) is not None, "the resumed job never ended")
+    assert jobs.exit_code(run) == 0 and status(ws, run).state == "done"
+    assert _steps(run) == list(range(1, 301))  # continued after the checkpoint: no step twice, none lost
+    log = (run / jobs.LOG).read_text()  # one log, the resumed launch appended with its --resume
+    assert log.index("starting at step 1\n") < log.index("ui_launch.yaml --no-progress --resume\n") < log.index(
+        f"starting at step {stopped_at + 1}\n")
+
+
+def test_stop_and_resume_name_the_folder_they_refuse(ws, stand_in):
+    pytest.importorskip("gradio")
+    from seektune.ui.form import all_specs, shown_values
+    from seektune.ui.pages.train import output_dir
+
+    jobs = stand_in
+    specs = all_specs()
+    shown = shown_values(specs)
+    shown[[s.key for s in specs].index("train.output_dir")] = "../../etc"
+    assert output_dir(specs, shown) == "../../etc"
+    for resume in (False, True):
+        assert "`train.output_dir`: '../../etc' is outside the workspace" in jobs.control(
+            ws, "../../etc", resume, "train.output_dir")
+    assert jobs.control(ws, "", False) == "**problems:**\n\n- `run folder`: empty path"
+    assert "`runs/none`: no config.yaml to resume from" in jobs.control(ws, "runs/none", True)
+    assert not (ws.runs_dir / "none").exists()
 
 
 def test_browser_test_skips_with_the_reason_when_no_browser(monkeypatch):

@@ -7,7 +7,8 @@ from functools import partial
 import gradio as gr
 
 from ..chat import ChatSettings, stream_reply, target_path
-from ..context import UIContext, problem_md
+from ..context import UIContext
+from ..problems import problem_md
 from ..runs import list_runs, run_config
 from ..workspace import WorkspaceError
 

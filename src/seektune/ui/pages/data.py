@@ -16,7 +16,8 @@ from ...config import ConfigError, validate_config
 from ...data.clean import CleanOptions, clean_file, rejects_path_for
 from ...data.inspect import inspect_file
 from ...data.io import DataError
-from ..context import UIContext, problem_md
+from ..context import UIContext
+from ..problems import problem_md
 from ..workspace import WorkspaceError
 
 UPLOADS = "data/uploads"

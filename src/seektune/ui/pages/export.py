@@ -12,7 +12,8 @@ import gradio as gr
 
 from ...export.errors import ExportError
 from ...export.merge import export_run
-from ..context import UIContext, problem_md
+from ..context import UIContext
+from ..problems import problem_md
 from ..runs import list_runs
 from ..workspace import WorkspaceError
 

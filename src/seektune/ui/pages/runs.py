@@ -13,8 +13,9 @@ import gradio as gr
 
 from ...eval.report import read_metrics
 from .. import jobs
-from ..context import UIContext, problem_md
+from ..context import UIContext
 from ..curves import compare_figure, run_figure
+from ..problems import problem_md
 from ..runs import list_runs, log_tail, metric_keys, report_html, run_config_text, status
 from ..workspace import WorkspaceError
 
@@ -60,17 +61,6 @@ def compare(ctx: UIContext, picked: list[str], key: str):
     return compare_figure(rows, key or "loss"), f"series in these runs: {', '.join(keys) or 'none yet'}"
 
 
-def act(ctx: UIContext, run: str, resume: bool) -> str:
-    try:
-        run_dir = ctx.ws.path(run, "run folder", must_exist=True)
-        if resume:
-            jobs.resume(ctx.ws, run_dir)
-            return f"resuming `{run}`"
-        return f"stopped `{run}`" if jobs.stop(run_dir) else f"`{run}`: no run in progress started from a UI"
-    except WorkspaceError as e:
-        return problem_md(str(e))
-
-
 def build(ctx: UIContext) -> dict:
     runs = list_runs(ctx.ws)
     with gr.Row():
@@ -105,7 +95,7 @@ def build(ctx: UIContext) -> dict:
     pick.change(lambda r: show(ctx, r, None), pick, outs)
     timer.tick(lambda r, s: show(ctx, r, s), [pick, sig], outs, show_progress="hidden")
     cmp_btn.click(lambda p, k: compare(ctx, p, k), [many, key], [cmp_plot, cmp_note])
-    stop_btn.click(lambda r: act(ctx, r, False), pick, state)
-    resume_btn.click(lambda r: act(ctx, r, True), pick, state)
+    stop_btn.click(lambda r: jobs.control(ctx.ws, r, False), pick, state)
+    resume_btn.click(lambda r: jobs.control(ctx.ws, r, True), pick, state)
     refresh = (lambda r: show(ctx, r, None), [pick], outs)
     return {"pick": pick, "compare": many, "on_load": [refresh]}

@@ -7,8 +7,9 @@ import gradio as gr
 
 from ...config import STAGES
 from .. import jobs
-from ..context import UIContext, problem_md
-from ..form import OPEN_SECTIONS, FieldSpec, check_form, form_data, problems_by_key, sections
+from ..context import UIContext
+from ..form import OPEN_SECTIONS, FieldSpec, check_form, problems_by_key, sections
+from ..problems import problem_md
 from ..workspace import WorkspaceError
 
 
@@ -49,16 +50,9 @@ def start(ctx: UIContext, specs: list[FieldSpec], values: list, overwrite: bool)
     return [res.yaml, "**valid**", f"started `{rel}`: `{' '.join(cmd[1:])}`", rel, *infos]
 
 
-def stop_or_resume(ctx: UIContext, specs: list[FieldSpec], values: list, resume: bool) -> str:
-    out = form_data(specs, values, []).get("train", {}).get("output_dir", "runs/default")
-    try:
-        run_dir = ctx.ws.path(out, "train.output_dir")
-        if resume:
-            jobs.resume(ctx.ws, run_dir)
-            return f"resuming `{ctx.ws.rel(run_dir)}` from its newest checkpoint"
-        return f"stopped `{ctx.ws.rel(run_dir)}`" if jobs.stop(run_dir) else f"`{out}`: no run in progress"
-    except WorkspaceError as e:
-        return problem_md(str(e))
+def output_dir(specs: list[FieldSpec], values: list) -> str:
+    """The run folder the form names, for Stop / Resume (the field as typed: other fields may not parse)."""
+    return next(str(v) for s, v in zip(specs, values) if s.key == "train.output_dir")
 
 
 FIELDS_PER_ROW = 3
@@ -113,6 +107,6 @@ def build(ctx: UIContext) -> dict:
     check_btn.click(lambda *v: check(ctx, specs, list(v)), widgets, [yaml_box, problems, *widgets])
     start_btn.click(lambda o, *v: start(ctx, specs, list(v), o), [overwrite, *widgets],
                     [yaml_box, problems, status, started, *widgets])
-    stop_btn.click(lambda *v: stop_or_resume(ctx, specs, list(v), False), widgets, status)
-    resume_btn.click(lambda *v: stop_or_resume(ctx, specs, list(v), True), widgets, status)
+    stop_btn.click(lambda *v: jobs.control(ctx.ws, output_dir(specs, v), False, "train.output_dir"), widgets, status)
+    resume_btn.click(lambda *v: jobs.control(ctx.ws, output_dir(specs, v), True, "train.output_dir"), widgets, status)
     return {"started": started, "specs": specs, "widgets": widgets}
