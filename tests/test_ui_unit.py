@@ -279,6 +279,48 @@ def test_stop_and_resume_name_the_folder_they_refuse(ws, stand_in):
     assert not (ws.runs_dir / "none").exists()
 
 
+# ------------------------------------------------------------------ Data page upload
+
+
+def _staged(ws, name: str, text: str = '{"instruction": "u", "output": "v"}\n'):
+    """A file where Gradio stages an upload (GRADIO_TEMP_DIR, inside the UI's scratch folder)."""
+    p = ws.scratch / "gradio" / "0123abcd" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+def test_upload_copies_into_the_workspace_and_selects_it(ws):
+    pytest.importorskip("gradio")
+    from seektune.ui.context import UIContext
+    from seektune.ui.pages import data
+
+    sel, note = data.upload(UIContext(ws), _staged(ws, "mine.jsonl"))
+    assert note == "uploaded to `data/uploads/mine.jsonl`"
+    assert sel["value"] == "data/uploads/mine.jsonl" and "data/uploads/mine.jsonl" in sel["choices"]
+    assert (ws.root / "data/uploads/mine.jsonl").read_text() == '{"instruction": "u", "output": "v"}\n'
+
+
+def test_upload_refuses_what_is_not_a_staged_data_file_or_leads_outside(ws, tmp_path_factory):
+    pytest.importorskip("gradio")
+    from seektune.ui.context import UIContext
+    from seektune.ui.pages import data
+
+    ctx = UIContext(ws)
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.jsonl").write_text("{}\n")
+    for src in ("/etc/passwd", str(outside / "secret.jsonl"), str(ws.root / "data" / "train.jsonl"),
+                str(ws.scratch / "gradio" / ".." / ".." / "data" / "train.jsonl")):
+        sel, note = data.upload(ctx, src)  # read from anywhere but Gradio's staging: refused
+        assert sel == {"__type__": "update"} and "is not a file this UI received" in note, (src, note)
+    sel, note = data.upload(ctx, _staged(ws, "run.sh", "rm -rf ~\n"))
+    assert "'run.sh' is not a data file" in note and not (ws.root / "data" / "uploads" / "run.sh").exists()
+    os.symlink(outside, ws.root / "data" / "uploads")  # data/uploads leading out of the workspace
+    sel, note = data.upload(ctx, _staged(ws, "new.jsonl"))
+    assert "`upload`: 'data/uploads/new.jsonl' is outside the workspace" in note
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.jsonl"]
+
+
 def test_browser_test_skips_with_the_reason_when_no_browser(monkeypatch):
     pytest.importorskip("selenium")
     from ui_browser import find_browser

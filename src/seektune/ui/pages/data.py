@@ -18,7 +18,7 @@ from ...data.inspect import inspect_file
 from ...data.io import DataError
 from ..context import UIContext
 from ..problems import problem_md
-from ..workspace import WorkspaceError
+from ..workspace import DATA_SUFFIXES, WorkspaceError
 
 UPLOADS = "data/uploads"
 MAX_REJECTS_SHOWN = 200
@@ -104,15 +104,26 @@ def preview(ctx: UIContext, file: str, model: str, stage: str, template: str, n:
 
 
 def upload(ctx: UIContext, tmp_path: str | None):
-    """Copy an uploaded file into the workspace (data/uploads/) and select it."""
+    """Copy an uploaded data file into the workspace (data/uploads/) and select it.
+
+    Only a file Gradio staged in the UI's scratch folder is copied (a path sent through the API from
+    anywhere else is refused), only a data file, and never through a symlink out of the workspace."""
     if not tmp_path:
         return gr.update(), ""
-    dest_dir = ctx.ws.root / UPLOADS
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / Path(tmp_path).name
-    shutil.copyfile(tmp_path, dest)
-    rel = ctx.ws.rel(dest)
-    return gr.update(choices=ctx.ws.data_files(), value=rel), f"uploaded to `{rel}`"
+    ws = ctx.ws
+    try:
+        src = Path(tmp_path).resolve()
+        if ws.scratch not in src.parents or not src.is_file():
+            raise WorkspaceError(f"upload: '{tmp_path}' is not a file this UI received")
+        if not src.name.endswith(DATA_SUFFIXES):
+            raise WorkspaceError(f"upload: '{src.name}' is not a data file ({', '.join(DATA_SUFFIXES)})")
+        dest = ws.path(f"{UPLOADS}/{src.name}", "upload")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    except (WorkspaceError, OSError) as e:
+        return gr.update(), problem_md(str(e))
+    rel = ws.rel(dest)
+    return gr.update(choices=ws.data_files(), value=rel), f"uploaded to `{rel}`"
 
 
 def build(ctx: UIContext) -> dict:
@@ -121,7 +132,7 @@ def build(ctx: UIContext) -> dict:
     with gr.Row():
         file = gr.Dropdown(ctx.ws.data_files(), label="data file (in the workspace)", allow_custom_value=True,
                            elem_id="data-path", scale=3, info="pick one, type a path inside the workspace, or upload")
-        up = gr.UploadButton("Upload", file_types=[".jsonl", ".json", ".csv", ".tsv", ".gz"], scale=1)
+        up = gr.UploadButton("Upload", file_types=list(DATA_SUFFIXES), scale=1)
     with gr.Row():
         tokenizer = gr.Textbox("", label="tokenizer for token lengths (preset or folder; empty: characters only)")
         inspect_btn = gr.Button("Inspect", variant="primary", elem_id="data-inspect")
