@@ -176,6 +176,21 @@ def test_status_from_the_files_a_run_wrote(ws):
     assert s.state == "failed" and s.detail == "error: data.train: file not found: x.jsonl"
 
 
+def test_run_pickers_follow_the_run_folders(ws):
+    pytest.importorskip("gradio")
+    from seektune.ui.pages.runs import run_choices
+
+    skip = {"__type__": "update"}
+    now, *updates = run_choices(ws, None, 2)  # a page just loaded: always sent
+    assert now == [] and updates == [{"choices": [], "__type__": "update"}] * 2
+    assert run_choices(ws, now, 2) == [skip] * 3
+    (ws.runs_dir / "new").mkdir(parents=True)
+    (ws.runs_dir / "new" / "metrics.jsonl").write_text("{}\n")
+    now, *updates = run_choices(ws, now, 2)  # a run appeared: every picker offers it
+    assert now == ["runs/new"] and all(u["choices"] == ["runs/new"] for u in updates)
+    assert run_choices(ws, list(reversed(now)), 2) == [skip] * 3  # only the order changed
+
+
 # ------------------------------------------------------------------ Stop / Resume of a job subprocess
 
 # `seektune train CONFIG [--resume]` in a few lines, keeping the run-folder contract (engine/run.py) and

@@ -33,6 +33,7 @@ def build_app(ws: Workspace):
 
     from .context import UIContext
     from .pages import chat, data, export, runs, train
+    from .runs import list_runs
 
     ctx = UIContext(ws)
     with gr.Blocks(title="seektune", analytics_enabled=False) as demo:
@@ -45,15 +46,21 @@ def build_app(ws: Workspace):
                 t = train.build(ctx)
             with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
                 r = runs.build(ctx)
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat_tab:
                 c = chat.build(ctx)
-            with gr.Tab("Export", id="export", elem_id="tab-export"):
+            with gr.Tab("Export", id="export", elem_id="tab-export") as export_tab:
                 e = export.build(ctx)
         for page in (d, t, r, c, e):
             for fn, inputs, outputs in page.get("on_load", []):
                 demo.load(fn, inputs, outputs)
 
-        from .runs import list_runs
+        # Chat's and Export's run pickers offer the runs there are on load and when their page is opened
+        # (the Runs page's own follow its timer)
+        known = gr.State(None)  # the runs they offer, per browser tab
+        refresh = dict(fn=lambda k: runs.run_choices(ws, k, 2), inputs=known, outputs=[known, c["run"], e["run"]],
+                       show_progress="hidden")
+        for trigger in (demo.load, chat_tab.select, export_tab.select):
+            trigger(**refresh)
 
         def show_started(run: str):
             """After Start: the new run selected on the Runs and Chat pages, and the Runs page shown."""

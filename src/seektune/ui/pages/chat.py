@@ -77,7 +77,6 @@ def build(ctx: UIContext) -> dict:
             tuned_think = gr.Textbox(label="reasoning (<think>)", lines=3, interactive=False, elem_id="chat-tuned-reasoning")
             tuned_answer = gr.Textbox(label="answer", lines=6, interactive=False, elem_id="chat-tuned-answer")
 
-    run.focus(lambda: gr.update(choices=list_runs(ctx.ws)), None, run)
     run.change(lambda r: base_of(ctx, r) or gr.skip(), run, base)
     send_btn.click(partial(send, ctx), [base, run, prompt, max_new, temperature, system],
                    [status, base_think, base_answer, tuned_think, tuned_answer])

@@ -70,7 +70,6 @@ def build(ctx: UIContext) -> dict:
     with gr.Accordion("export.json", open=False):
         manifest = gr.Code(language="json", interactive=False)
 
-    run.focus(lambda: gr.update(choices=list_runs(ctx.ws)), None, run)
     run.change(default_out, run, out)
     btn.click(partial(export, ctx), [run, out, dtype, int8, verify, overwrite], [result, manifest])
     return {"run": run}

@@ -1,7 +1,8 @@
 """Runs page: status, live curves, log tail, warnings and report of one run; several runs on one plot.
 
 A timer re-reads the selected run's files every few seconds; the curves are redrawn only when
-metrics.jsonl changed.
+metrics.jsonl changed. The same tick keeps the run pickers' choices up to date, so a run started from
+the Train page, the CLI or another browser is offered without a reload.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..context import UIContext
 from ..curves import compare_figure, run_figure
 from ..problems import problem_md
 from ..runs import list_runs, log_tail, metric_keys, report_html, run_config_text, status
-from ..workspace import WorkspaceError
+from ..workspace import Workspace, WorkspaceError
 
 REFRESH_S = 2.0
 
@@ -48,6 +49,15 @@ def show(ctx: UIContext, run: str, last_sig):
     report = (f"<iframe title='report' style='width:100%;height:640px;border:0' srcdoc=\"{html.escape(rep)}\">"
               "</iframe>") if rep else "<p>no report yet (written when the run ends)</p>"
     return [text, fig, log_tail(run_dir), warns, report, run_config_text(run_dir), list(sig)]
+
+
+def run_choices(ws: Workspace, known: list[str] | None, n: int) -> list:
+    """(runs, one choices update per run picker), or skips while the run folders are the same ones: an
+    open list stays put, though the order (newest first) changes with every logged step."""
+    now = list_runs(ws)
+    if known is not None and set(known) == set(now):
+        return [gr.skip()] * (n + 1)
+    return [now, *(gr.update(choices=now) for _ in range(n))]
 
 
 def compare(ctx: UIContext, picked: list[str], key: str):
@@ -89,13 +99,15 @@ def build(ctx: UIContext) -> dict:
     cmp_note = gr.Markdown()
 
     outs = [state, curves, log, warns, report, cfg, sig]
+    known = gr.State(None)  # the runs the two pickers offer
+    pickers = [known, pick, many]
     timer = gr.Timer(REFRESH_S)
-    pick.focus(lambda: gr.update(choices=list_runs(ctx.ws)), None, pick)
-    many.focus(lambda: gr.update(choices=list_runs(ctx.ws)), None, many)
     pick.change(lambda r: show(ctx, r, None), pick, outs)
-    timer.tick(lambda r, s: show(ctx, r, s), [pick, sig], outs, show_progress="hidden")
+    timer.tick(lambda r, s, k: [*show(ctx, r, s), *run_choices(ctx.ws, k, 2)], [pick, sig, known], outs + pickers,
+               show_progress="hidden")
     cmp_btn.click(lambda p, k: compare(ctx, p, k), [many, key], [cmp_plot, cmp_note])
     stop_btn.click(lambda r: jobs.control(ctx.ws, r, False), pick, state)
     resume_btn.click(lambda r: jobs.control(ctx.ws, r, True), pick, state)
     refresh = (lambda r: show(ctx, r, None), [pick], outs)
-    return {"pick": pick, "compare": many, "on_load": [refresh]}
+    offer = (lambda k: run_choices(ctx.ws, k, 2), [known], pickers)
+    return {"pick": pick, "on_load": [refresh, offer]}
