@@ -23,7 +23,7 @@ from ui_browser import SHOTS_ENV, Page, chrome, find_browser, shots_dir
 pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[ui]')")
 SHOTS = os.environ.get(SHOTS_ENV) == "1"
 RUN = "runs/ui-e2e"
-RUN2 = "runs/ui-e2e-lr0.01"
+RUN2 = "runs/lr0.01"  # not RUN + a suffix: typing RUN and Enter in a dropdown takes the first match
 
 
 def _patient_url_ok(url: str, wait_s: float = 120) -> bool:
@@ -95,13 +95,14 @@ def test_train_form_starts_a_run(page):
         page.d.save_screenshot(str(page.shots / "train-problem.png"))
     page.fill("cfg-train-lr", "0.0002")
     page.click("train-check")
-    page.wait(lambda: "valid" in page.text("train-problems"), 90, "Check never said the form is valid: "
-              + page.text("train-problems"))
+    # the problem it replaces says "valid number": wait for the valid message itself
+    page.wait(lambda: "this YAML is what Start runs" in page.text("train-problems"), 90,
+              "Check never said the form is valid: " + page.text("train-problems"))
     assert "name_or_path: tiny-qwen2" in page.text("train-yaml")
     page.shot("train")
     page.click("train-start")
     # Start switches to the Runs page with the new run selected
-    page.wait(lambda: RUN in page.text("run-status"), 90, "the Runs page never showed the started run")
+    page.wait(lambda: RUN in page.text("run-status"), 240, "the Runs page never showed the started run")
     launched = (page.workspace / RUN / "ui_launch.yaml").read_text()
     assert "max_steps: 2" in launched and "before_after: false" in launched
     if SHOTS:  # a second run, for the Compare plot
@@ -109,7 +110,7 @@ def test_train_form_starts_a_run(page):
         page.fill("cfg-train-output_dir", RUN2)
         page.fill("cfg-train-lr", "0.01")
         page.click("train-start")
-        page.wait(lambda: RUN2 in page.text("run-status"), 90, "the second run did not start")
+        page.wait(lambda: RUN2 in page.text("run-status"), 240, "the second run did not start")
 
 
 def test_path_traversal_is_refused_and_data_inspected(page):
@@ -146,6 +147,7 @@ def test_run_reaches_done_with_curves_then_chat(page):
         page.wait(lambda: (page.workspace / RUN2 / "summary.json").exists(), 360, "the second run did not end")
         for run in (RUN, RUN2):
             page.choose("compare-runs", run)
+        assert page.tokens("compare-runs") == [RUN, RUN2]
         page.click("compare-btn")
         page.wait(lambda: page.d.find_elements("css selector", "#compare-plot img"), 90, "no compare plot")
         page.fill("runs-pick", RUN, enter=True)
@@ -169,6 +171,7 @@ def test_run_reaches_done_with_curves_then_chat(page):
     if SHOTS:
         page.tab("Export")
         page.fill("export-run", RUN, enter=True)
+        page.wait(lambda: page.value("export-out") == "exports/ui-e2e", 90, "the export folder was not filled in")
         page.press(lambda: page.el("#export-int8 input"), "export-int8")
         page.click("export-btn")
         page.wait(lambda: "verification" in page.text("export-result"), 360, "no export result: "

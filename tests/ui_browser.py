@@ -115,14 +115,28 @@ class Page:
             box.send_keys(Keys.ENTER)
         box.send_keys(Keys.TAB)  # blur: gradio commits the value
 
+    def tokens(self, elem_id: str) -> list[str]:
+        """The picked values a multiselect dropdown shows."""
+        return [t.text.strip() for t in self.d.find_elements("css selector", f"#{elem_id} .token")]
+
     def choose(self, elem_id: str, option: str) -> None:
-        """Pick `option` from a dropdown's list (multiselect dropdowns take no typed values)."""
-        self.press(lambda: self.el(f"#{elem_id} input"), elem_id)
-        item = self.wait(lambda: [li for li in self.d.find_elements("css selector", "ul.options li")
-                                  if li.text.strip().lstrip("✓ ").strip() == option and li.is_displayed()],
-                         10, f"{elem_id}: no option {option}")[0]
-        item.click()
-        time.sleep(0.3)
+        """Pick `option` from a multiselect dropdown's list (it takes no typed values), until it shows as picked.
+
+        The pick is the mousedown the list listens to, sent to that very item: a click by position can land
+        on the item next to it while the list slides in, and untick a run picked before."""
+        for _ in range(3):
+            self.press(lambda: self.el(f"#{elem_id} input"), elem_id)
+            item = self.wait(lambda: [li for li in self.d.find_elements("css selector", "li[role='option']")
+                                      if li.text.strip().lstrip("✓ ").strip() == option and li.is_displayed()],
+                             10, f"{elem_id}: no option {option}")[0]
+            self.d.execute_script("arguments[0].dispatchEvent(new MouseEvent('mousedown', {bubbles: true}))", item)
+            self.d.execute_script("document.activeElement && document.activeElement.blur()")  # closed
+            t0 = time.time()
+            while time.time() - t0 < 5:
+                if option in self.tokens(elem_id):
+                    return
+                time.sleep(0.25)
+        raise AssertionError(f"{elem_id}: picking {option} did not select it: {self.tokens(elem_id)}")
 
     def click(self, elem_id: str) -> None:
         self.press(lambda: self.el(f"#{elem_id}"), elem_id)
@@ -141,7 +155,7 @@ class Page:
         p = self.shots / f"{name}.png"
         self.d.execute_script("document.activeElement && document.activeElement.blur()")
         ActionChains(self.d).send_keys(Keys.ESCAPE).perform()
-        self.d.execute_script("document.querySelectorAll('ul.options').forEach(e => e.style.display = 'none')")
+        self.d.execute_script("document.querySelectorAll('.options').forEach(e => e.style.display = 'none')")
         self.d.execute_script("window.scrollTo(0, 0)")
         height = self.d.execute_script("return document.documentElement.scrollHeight")
         self.d.set_window_size(1400, min(max(int(height) + 200, 1000), max_height))  # + the window frame
