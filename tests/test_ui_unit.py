@@ -343,3 +343,41 @@ def test_browser_test_skips_with_the_reason_when_no_browser(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(pytest.skip.Exception, match="chromium and chromedriver not on PATH.*apt-get install"):
         find_browser()
+
+
+# ------------------------------------------------------------------ Export page: GGUF
+
+
+def test_export_page_gguf_refuses_ignored_options_and_names_the_missing_tools(ws, tmp_path_factory, monkeypatch):
+    from seektune.ui.context import UIContext
+    from seektune.ui.pages import export
+
+    (ws.root / "runs" / "r").mkdir(parents=True)
+    ctx = UIContext(ws)
+    md, manifest = export.export(ctx, "runs/r", "exports/r", "fp32", True, True, False, "gguf", "f16",
+                                 progress=lambda *a, **k: None)
+    assert "untick INT8" in md and manifest == ""
+    md, _ = export.export(ctx, "runs/r", "exports/r", "fp16", False, True, False, "gguf", "f16",
+                          progress=lambda *a, **k: None)
+    assert "weights dtype" in md
+    monkeypatch.setenv("SEEKTUNE_GGUF_TOOLS", str(tmp_path_factory.mktemp("no-tools")))  # an empty install folder
+    md, _ = export.export(ctx, "runs/r", "exports/r", "fp32", False, True, False, "gguf", "q8_0",
+                          progress=lambda *a, **k: None)
+    assert "make gguf-tools" in md, md
+    md, _ = export.export(ctx, "runs/r", "exports/r", "fp32", False, True, False, "gguf", "q4_k_m",
+                          progress=lambda *a, **k: None)
+    assert "llama-quantize" in md, md
+
+
+def test_export_page_gguf_summary_shows_agreement_tokenizer_and_the_ollama_command(ws):
+    from seektune.ui.context import UIContext
+    from seektune.ui.pages.export import gguf_summary
+
+    rep = {"gguf": "med.q8_0.gguf", "quant": "q8_0", "size_bytes": 14_100_000, "passed": True,
+           "check": {"logits": {"max_abs_diff": 0.0086, "top1_agreement": 1.0}, "greedy_same": 3,
+                     "greedy_prompts": 3, "token_ids_same": True, "pre": "qwen2", "pre_ok": True},
+           "modelfile": {"template": "deepseek-r1", "renders_like_hf": True, "conversations": 4}}
+    md = gguf_summary(UIContext(ws), ws.root / "exports" / "med", rep)
+    assert "med.q8_0.gguf" in md and "14.1 MB" in md and "top-1 agreement 100.0%" in md
+    assert "3 of 3 prompts" in md and "`qwen2`" in md and "deepseek-r1" in md
+    assert "ollama create med -f exports/med/Modelfile" in md and "verification: passed" in md

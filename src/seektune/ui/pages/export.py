@@ -1,5 +1,5 @@
-"""Export page: merge LoRA into the base and write INT8 with `seektune export`'s own function, and show
-the logits check it ran. GGUF belongs to the deployment issue and is not offered yet."""
+"""Export page: merge LoRA into the base and write INT8, or a GGUF + Ollama Modelfile, with `seektune
+export`'s own functions, and show the checks they ran."""
 
 from __future__ import annotations
 
@@ -17,20 +17,55 @@ from ..problems import problem_md
 from ..runs import list_runs
 from ..workspace import WorkspaceError
 
-GGUF_NOTE = ("**GGUF**: not available yet. It comes with the deployment issue (llama.cpp's converter); "
-             "until then, export the merged model here and convert it with llama.cpp.")
+GGUF_NOTE = ("**GGUF** runs llama.cpp's own converter (installed by `make gguf-tools`, nothing built), then "
+             "reloads the file and compares it with the merged model; the Modelfile's chat template is checked "
+             "against the model's own. k-quants (q4_k_m) need llama.cpp's `llama-quantize` on the f16 file.")
+GGUF_QUANTS = ["f16", "q8_0", "bf16", "f32"]
 
 
 def default_out(run: str) -> str:
     return f"exports/{Path(run).name}" if run else ""
 
 
+def gguf_summary(ctx: UIContext, out_dir: Path, rep: dict) -> str:
+    """The GGUF export's report as the few lines a user checks: file, agreement, tokenizer, Ollama."""
+    lines = [f"wrote **{rep['gguf']}** ({rep['quant']}, {rep['size_bytes'] / 1e6:.1f} MB) to `{ctx.ws.rel(out_dir)}`"]
+    chk = rep.get("check") or {}
+    lg = chk.get("logits")
+    if lg:
+        lines.append(f"- GGUF vs merged model: max |logit difference| {lg.get('max_abs_diff', 0):.3g}, top-1 agreement "
+                     f"{100 * lg.get('top1_agreement', 0):.1f}%; greedy answers the same on "
+                     f"{chk.get('greedy_same')} of {chk.get('greedy_prompts')} prompts; token ids "
+                     f"{'the same' if chk.get('token_ids_same') else 'DIFFERENT'}")
+    elif chk.get("skipped"):
+        lines.append(f"- logits not compared: {chk['skipped']}")
+    if chk.get("pre") is not None:
+        lines.append(f"- tokenizer.ggml.pre = `{chk['pre']}` ({'splits as the model does' if chk.get('pre_ok') else 'CHECK IT'})")
+    mf = rep.get("modelfile") or {}
+    lines.append(f"- Modelfile: {mf.get('template') or 'no chat template'}"
+                 + (f", renders like the model's template on {mf.get('conversations')} conversations"
+                    if mf.get("renders_like_hf") else ""))
+    lines.append(f"- run it: `ollama create {Path(rep['gguf']).name.split('.')[0]} -f {ctx.ws.rel(out_dir / 'Modelfile')}`")
+    lines.append(f"- verification: {'passed' if rep.get('passed') else 'not run' if rep.get('passed') is None else 'FAILED'}")
+    return "\n".join(lines)
+
+
 def export(ctx: UIContext, run: str, out: str, dtype: str, int8: bool, verify: bool, overwrite: bool,
-           progress=gr.Progress()):
+           fmt: str = "merged", quant: str = "f16", progress=gr.Progress()):
     """(result markdown, export.json) of one export."""
     try:
         run_dir = ctx.ws.path(run, "run folder", must_exist=True)
         out_dir = ctx.ws.path(out, "export folder")
+        if fmt == "gguf":
+            from ...export.gguf.pipeline import export_gguf
+
+            if int8 or dtype != "fp32":  # as on the command line: an option that would be ignored is an error
+                return problem_md("GGUF: the type is the GGUF type; untick INT8 and leave the weights dtype at "
+                                  "fp32 (they apply to the merged model)"), ""
+
+            progress(0.1, desc="merging, converting to GGUF, checking")
+            rep = export_gguf(str(run_dir), out_dir, quant, overwrite=overwrite, verify=verify)
+            return gguf_summary(ctx, out_dir, rep), json.dumps(rep, indent=2, ensure_ascii=False)
         progress(0.1, desc="loading and merging")
         res = export_run(str(run_dir), out_dir, dtype, verify=verify, quantize="int8" if int8 else None,
                          overwrite=overwrite)
@@ -59,11 +94,14 @@ def build(ctx: UIContext) -> dict:
         out = gr.Textbox(default_out(runs[0]) if runs else "", label="export folder (in the workspace)",
                          elem_id="export-out", scale=2)
     with gr.Row():
-        dtype = gr.Dropdown(["fp32", "fp16", "bf16"], value="fp32", label="weights dtype")
+        fmt = gr.Radio([("merged model (safetensors)", "merged"), ("GGUF + Ollama Modelfile", "gguf")],
+                       value="merged", label="format", elem_id="export-format")
+        quant = gr.Dropdown(GGUF_QUANTS, value="f16", label="GGUF type (GGUF only)", elem_id="export-quant")
+    with gr.Row():
+        dtype = gr.Dropdown(["fp32", "fp16", "bf16"], value="fp32", label="weights dtype (merged only)")
         int8 = gr.Checkbox(False, label="also INT8 (OUT/int8)", elem_id="export-int8")
         verify = gr.Checkbox(True, label="verify logits after export")
         overwrite = gr.Checkbox(False, label="replace a non-empty export folder")
-        gr.Checkbox(False, label="GGUF (not available yet)", interactive=False)
     btn = gr.Button("Merge and export", variant="primary", elem_id="export-btn")
     gr.Markdown(GGUF_NOTE)
     result = gr.Markdown(elem_id="export-result")
@@ -71,5 +109,5 @@ def build(ctx: UIContext) -> dict:
         manifest = gr.Code(language="json", interactive=False)
 
     run.change(default_out, run, out)
-    btn.click(partial(export, ctx), [run, out, dtype, int8, verify, overwrite], [result, manifest])
+    btn.click(partial(export, ctx), [run, out, dtype, int8, verify, overwrite, fmt, quant], [result, manifest])
     return {"run": run}
