@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils.digest import file_sha256
 from ..utils.paths import cache_dir
 from . import IGNORE_INDEX
 from .cache import read_cache, write_cache
@@ -50,14 +51,6 @@ class SFTData:
     train: list[dict]
     eval: list[dict]
     stats: dict = field(default_factory=dict)
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -107,7 +100,7 @@ def build_sft_data(data_cfg, tokenizer, template: ChatTemplate, seed: int, rejec
     """Read, convert, hold out (when no eval file), tokenise, and cache; every record accounted for."""
     if not data_cfg.train:
         raise DataError("data.train is not set: give a training file")
-    key_parts = [CACHE_VERSION, _file_digest(data_cfg.train), data_cfg.eval and _file_digest(data_cfg.eval),
+    key_parts = [CACHE_VERSION, file_sha256(data_cfg.train), data_cfg.eval and file_sha256(data_cfg.eval),
                  tokenizer_fingerprint(tokenizer), template_fingerprint(template), data_cfg.max_length,
                  data_cfg.format, data_cfg.system_prompt, data_cfg.eval_ratio, data_cfg.max_eval_samples,
                  data_cfg.max_samples, seed]

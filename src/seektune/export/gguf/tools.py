@@ -11,7 +11,6 @@ into a folder inside the venv. Nothing is compiled; k-quants need the built pack
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ...utils.digest import file_sha256
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
@@ -86,14 +87,6 @@ def locate(root: Path | None = None) -> Converter:
     return conv
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_sdist(dest: Path) -> Path:
     """pip download of the pinned sdist (no build: only this package from source, build deps as wheels)."""
     cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "--no-deps",
@@ -116,7 +109,7 @@ def _members(tar: tarfile.TarFile):
 
 def extract(sdist: Path, root: Path) -> int:
     """Verify the sdist's sha256, then write only the converter files into `root` (replaced whole)."""
-    got = sha256_of(sdist)
+    got = file_sha256(sdist)
     if got != SDIST_SHA256:
         raise ToolsMissing(f"{sdist}: sha256 {got} is not the pinned {SDIST_SHA256}; not extracting")
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
