@@ -13,9 +13,13 @@ def read_all(path: str | Path) -> tuple[list[Record], list[dict]]:
     """All well-formed records plus one reject per malformed line (rule read_error, with file and line)."""
     errors: list[dict] = []
     recs = list(read_records(path, on_error="collect", errors=errors))
-    rejects = [{"rule": "read_error", "reason": e["reason"], "source": e["source"], "line": e["line"],
-                "record": e.get("raw")} for e in errors]
-    return recs, rejects
+    return recs, [read_error_reject(e) for e in errors]
+
+
+def read_error_reject(e: dict) -> dict:
+    """The rejects-file row of a line read_records could not parse (collected with on_error="collect")."""
+    return {"rule": "read_error", "reason": e["reason"], "source": e["source"], "line": e["line"],
+            "record": e.get("raw")}
 
 
 def kind_of(rec: Record, forced: str = "auto") -> str:

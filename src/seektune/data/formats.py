@@ -655,14 +655,19 @@ def label_of(d: dict, kind: str, label_field: str | None = None):
     return _fmt(kind).label(d)
 
 
-def map_strings(data: Any, fn: Callable[[str], str], key: str | None = None) -> Any:
+def map_strings(data: Any, fn: Callable[[str], str]) -> Any:
     """Apply fn to every editable string in a record (recursively), leaving labels, roles, tokens alone."""
+    return map_strings_at(data, lambda path, s: fn(s))
+
+
+def map_strings_at(data: Any, fn: Callable[[str, str], str], key: str | None = None, path: str = "") -> Any:
+    """map_strings, with fn(path, s) told where the string sits (`messages[1].content`), for reports."""
     if key in SKIP_KEYS or (key or "").startswith("_"):
         return data
     if isinstance(data, str):
-        return fn(data)
+        return fn(path, data)
     if isinstance(data, dict):
-        return {k: map_strings(v, fn, k) for k, v in data.items()}
+        return {k: map_strings_at(v, fn, k, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
     if isinstance(data, list):
-        return [map_strings(v, fn, key) for v in data]
+        return [map_strings_at(v, fn, key, f"{path}[{i}]") for i, v in enumerate(data)]
     return data

@@ -1,7 +1,7 @@
 """`seektune data deidentify IN --out OUT`: stream a data file, replace personal data in its text fields.
 
-Only strings that data tools edit are touched (the same rule as `data clean`: roles, labels, ids,
-tokens/tags and `_`-prefixed fields are left alone), and within them only the detected spans; a
+Only strings that data tools edit are touched (formats.map_strings_at, the rule of `data clean`: roles,
+labels, ids, tokens/tags and `_`-prefixed fields are left alone), and within them only the detected spans; a
 record with nothing found is written exactly as it was read. Malformed input lines go to
 `<stem>.rejects.jsonl` as in `data clean`, so read = written + rejected.
 """
@@ -13,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from ..formats import SKIP_KEYS
+from ..common import read_error_reject
+from ..formats import map_strings_at
 from ..io import read_records
 from ..progress import record_progress
 from .options import DeidentifyOptions
@@ -26,23 +27,15 @@ def rejects_path_for(out) -> Path:
     return Path(out).with_name(f"{_stem(Path(out))}.rejects.jsonl")
 
 
-def deidentify_record(data, deid, path: str = "", key: str | None = None, found: list | None = None):
-    """A copy of `data` with its text fields de-identified; (path, original, spans) appended to `found`.
-
-    Walks the record like formats.map_strings (same SKIP_KEYS rule) but keeps the field path for the
-    review sample."""
-    if key in SKIP_KEYS or (key or "").startswith("_"):
-        return data
-    if isinstance(data, str):
-        new, spans = deid(data)
+def deidentify_record(data, deid, found: list | None = None):
+    """A copy of `data` with its text fields de-identified; (path, original, spans) appended to `found`."""
+    def one(path: str, text: str) -> str:
+        new, spans = deid(text)
         if spans and found is not None:
-            found.append((path, data, spans))
+            found.append((path, text, spans))
         return new
-    if isinstance(data, dict):
-        return {k: deidentify_record(v, deid, f"{path}.{k}" if path else str(k), k, found) for k, v in data.items()}
-    if isinstance(data, list):
-        return [deidentify_record(v, deid, f"{path}[{i}]", key, found) for i, v in enumerate(data)]
-    return data
+
+    return map_strings_at(data, one)
 
 
 def deidentify_file(in_path, out_path, opts: DeidentifyOptions | None = None, show_progress: bool = True,
@@ -68,8 +61,7 @@ def deidentify_file(in_path, out_path, opts: DeidentifyOptions | None = None, sh
             while errors:
                 e = errors.pop(0)
                 n_rej += 1
-                frej.write(json.dumps({"rule": "read_error", "reason": e["reason"], "source": e["source"],
-                                       "line": e["line"], "record": e.get("raw")}, ensure_ascii=False) + "\n")
+                frej.write(json.dumps(read_error_reject(e), ensure_ascii=False) + "\n")
                 advance()
 
         for rec in read_records(in_path, on_error="collect", errors=errors):
