@@ -373,7 +373,7 @@ def test_export_page_gguf_summary_shows_agreement_tokenizer_and_the_ollama_comma
     from seektune.ui.context import UIContext
     from seektune.ui.pages.export import gguf_summary
 
-    rep = {"gguf": "med.q8_0.gguf", "quant": "q8_0", "size_bytes": 14_100_000, "passed": True,
+    rep = {"name": "med", "gguf": "med.q8_0.gguf", "quant": "q8_0", "size_bytes": 14_100_000, "passed": True,
            "check": {"logits": {"max_abs_diff": 0.0086, "top1_agreement": 1.0}, "greedy_same": 3,
                      "greedy_prompts": 3, "token_ids_same": True, "pre": "qwen2", "pre_ok": True},
            "modelfile": {"template": "deepseek-r1", "renders_like_hf": True, "conversations": 4}}

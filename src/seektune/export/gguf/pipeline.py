@@ -56,7 +56,7 @@ def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwri
     gguf_path = out / f"{name}.{quant}.gguf"
     log(f"gguf: converting {hf} with llama.cpp's converter (llama-cpp-python {conv.root.name}) to {quant}")
     conv_info = convert(conv, hf, gguf_path, quant)
-    report: dict = {"gguf": gguf_path.name, "quant": quant, "size_bytes": gguf_path.stat().st_size,
+    report: dict = {"name": name, "gguf": gguf_path.name, "quant": quant, "size_bytes": gguf_path.stat().st_size,
                     "convert_seconds": conv_info["seconds"], "pre_fallback": conv_info["pre_fallback"],
                     "hf_export": res.verification}
     if conv_info["pre_fallback"]:

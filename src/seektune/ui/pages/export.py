@@ -45,7 +45,7 @@ def gguf_summary(ctx: UIContext, out_dir: Path, rep: dict) -> str:
     lines.append(f"- Modelfile: {mf.get('template') or 'no chat template'}"
                  + (f", renders like the model's template on {mf.get('conversations')} conversations"
                     if mf.get("renders_like_hf") else ""))
-    lines.append(f"- run it: `ollama create {Path(rep['gguf']).name.split('.')[0]} -f {ctx.ws.rel(out_dir / 'Modelfile')}`")
+    lines.append(f"- run it: `ollama create {rep['name']} -f {ctx.ws.rel(out_dir / 'Modelfile')}`")
     lines.append(f"- verification: {'passed' if rep.get('passed') else 'not run' if rep.get('passed') is None else 'FAILED'}")
     return "\n".join(lines)
 
