@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "seektune.export": 7,
     "seektune.serve": 7,
     "seektune.tune": 7,
+    "seektune.federated": 7,
     "seektune.ui": 7,
     "seektune.cli": 8,
     "seektune.demo": 8,

@@ -140,6 +140,82 @@ def tune(config: Path = typer.Argument(..., help="YAML run configuration with a 
                   if b else "no trial completed"))
 
 
+@app.command()
+def federate(config: Path = typer.Argument(..., help="YAML run configuration with a federate: section"),
+             simulate: bool = typer.Option(False, "--simulate", help="virtual clients on this machine (Flower's "
+                                           "simulation engine); without it, use federate-server/federate-client"),
+             clients: Optional[int] = typer.Option(None, "--clients", min=1, help="virtual clients (default federate.clients)"),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
+             resume: bool = typer.Option(False, "--resume", help="continue after the last saved round"),
+             overwrite: bool = typer.Option(False, "--overwrite", help="start over in a folder that holds a federation")):
+    """Federated fine-tuning on Flower: each round every sampled site trains federate.local_steps on its own shard,
+    only the trained tensors travel, the server averages them (OUTPUT_DIR/rounds/, final/, report)."""
+    _quiet_libraries()
+    if not simulate:
+        _fail("seektune federate runs a simulation (--simulate --clients N); for separate processes start "
+              "`seektune federate-server CONFIG` and one `seektune federate-client CONFIG --site NAME --data FILE` per site")
+    from ..federated.app import simulate as run_sim
+
+    try:
+        s = run_sim(config, set_ or [], clients=clients, resume=resume, overwrite=overwrite)
+    except _user_errors() as e:
+        _fail(str(e))
+    _federation_line(s)
+
+
+def _federation_line(s: dict) -> None:
+    d = s.get("details", {})
+    parts = [f"{d.get('rounds_completed')} round(s), {d.get('clients')} client(s)"]
+    if d.get("pooled_test", {}).get("eval_loss") is not None:
+        parts.append(f"pooled test loss {d['pooled_test']['eval_loss']:.4f}")
+    if d.get("pooled_test", {}).get("accuracy") is not None:
+        parts.append(f"pooled test accuracy {d['pooled_test']['accuracy']:.4f}")
+    if d.get("dp"):
+        parts.append(f"epsilon {d['dp']['epsilon']} at delta {d['dp']['delta']}")
+    typer.echo("; ".join(parts) + (f"\nglobal model: {s['final']}" if s.get("final") else ""))
+
+
+@app.command("federate-server")
+def federate_server(config: Path = typer.Argument(..., help="YAML run configuration with a federate: section"),
+                    address: str = typer.Option("0.0.0.0:9092", "--address", help="host:port to listen on"),
+                    clients: Optional[int] = typer.Option(None, "--clients", min=1,
+                                                          help="sites to wait for (default federate.clients)"),
+                    set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value"),
+                    resume: bool = typer.Option(False, "--resume", help="continue after the last saved round"),
+                    overwrite: bool = typer.Option(False, "--overwrite", help="start over in a folder that holds a federation")):
+    """The coordinating server of a real federation (Flower gRPC): waits for the sites, runs the rounds."""
+    _quiet_libraries()
+    from ..config import load_config
+    from ..federated.app import serve
+
+    try:
+        n = clients or load_config(config, set_ or []).federate.clients
+        s = serve(config, set_ or [], address, n, resume=resume, overwrite=overwrite)
+    except _user_errors() as e:
+        _fail(str(e))
+    _federation_line(s)
+
+
+@app.command("federate-client")
+def federate_client(config: Path = typer.Argument(..., help="the federation's YAML configuration"),
+                    site: str = typer.Option(..., "--site", help="this site's name in the federation's metrics"),
+                    data: Path = typer.Option(..., "--data", help="this site's training file (never leaves it)"),
+                    test: Optional[Path] = typer.Option(None, "--test", help="this site's held-out file"),
+                    server: str = typer.Option("127.0.0.1:9092", "--server", help="host:port of federate-server"),
+                    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="where this site's round runs go "
+                                                            "(default OUTPUT_DIR/sites/SITE)"),
+                    max_wait: Optional[float] = typer.Option(None, "--max-wait", help="give up connecting after S seconds"),
+                    set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value")):
+    """One site of a real federation: trains on its own files whenever the server samples it."""
+    _quiet_libraries()
+    from ..federated.app import join
+
+    try:
+        join(config, set_ or [], site, str(data), str(test) if test else None, server, work_dir, max_wait)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
 @app.command("stages")
 def list_stages():
     """List the training stages (train.stage) with their own config section."""

@@ -21,11 +21,12 @@ from pydantic_core import PydanticCustomError
 from ..data.formats import FAMILIES, get_format
 from ..data.io import DataError
 from .sections import (AdapterConfig, ConfigError, DataConfig, DeployConfig, EvalConfig, ModelConfig, MonitorConfig,
-                       Section, TrainConfig, TuneConfig)
+                       FederateConfig, Section, TrainConfig, TuneConfig)
 from .stages import STAGES, honoured, users_of
 
 SHARED = {"model": ModelConfig, "adapter": AdapterConfig, "data": DataConfig, "train": TrainConfig,
-          "monitor": MonitorConfig, "deploy": DeployConfig, "eval": EvalConfig, "tune": TuneConfig}
+          "monitor": MonitorConfig, "deploy": DeployConfig, "eval": EvalConfig, "tune": TuneConfig,
+          "federate": FederateConfig}
 CLASSIFICATION_TASKS = ("sequence_classification", "token_classification")
 # the old shared `align:` section: its keys now live in the stage's own section, except these two
 ALIGN_MOVED = {"format": ("data", "format"), "eval_pairs": ("data", "max_eval_samples")}

@@ -280,6 +280,115 @@ class TuneConfig(Section):
         return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
+class FederateSplit(Section):
+    """How `seektune federate --simulate` cuts data.train into the virtual sites' shards."""
+
+    by: Literal["iid", "column", "dirichlet"] = Field(
+        "iid", description="iid: a seeded shuffle dealt evenly; column: one site per value of `column` (values "
+        "grouped onto sites when there are more values than sites); dirichlet: label shares per site drawn from "
+        "Dirichlet(alpha) over `column` (label skew)")
+    column: str | None = Field(None, description="the record field that splits (by: column) or holds the label "
+                               "(by: dirichlet; default data.label_field)")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: small = each site sees few labels")
+    test_ratio: float = Field(0.1, gt=0, lt=1, description="share of each site's records kept as its own test set "
+                              "(the union is the pooled test set)")
+    min_site_records: int = Field(8, ge=1, description="a site left with fewer training records is an error")
+
+
+class FederateSite(Section):
+    name: str = Field(..., description="the site's name in metrics and folders (letters, digits, -, _)")
+    train: str = Field(..., description="the site's training file")
+    test: str | None = Field(None, description="the site's own held-out file")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", v):
+            raise ValueError(f"'{v}' is not a site name (letters, digits, - and _)")
+        return v
+
+
+class FederateDP(Section):
+    """Central differential privacy with client-side clipping (Flower's DifferentialPrivacyClientSideFixedClipping
+    + fixedclipping_mod): each client clips its update to `clipping_norm`, the server adds Gaussian noise of
+    std noise_multiplier * clipping_norm / clients per round; seektune reports the epsilon at `delta`."""
+
+    noise_multiplier: float = Field(..., ge=0, description="noise std in units of the clipping norm")
+    clipping_norm: float = Field(..., gt=0, description="L2 bound of one client's update per round")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta of the reported (epsilon, delta)")
+
+
+class FederateSecAgg(Section):
+    """Secure aggregation (Flower's SecAgg+ workflow): the server sees only the sum of the masked updates."""
+
+    num_shares: int = Field(3, ge=2, description="secret shares per client (<= clients)")
+    reconstruction_threshold: int = Field(2, ge=2, description="shares needed to rebuild a dropped client's mask")
+    clipping_range: float = Field(8.0, gt=0, description="updates are clipped to [-range, range] before "
+                                  "quantisation")
+    quantization_range: int = Field(4194304, ge=2, description="quantisation levels (precision of the sum)")
+
+
+class FederateConfig(Section):
+    """`seektune federate` (Flower): each round the server sends the global trainable weights (the adapter, or
+    every weight for adapter.method full), each sampled client trains `local_steps` with the stage's own recipe
+    on its local data, and only the trained tensors come back to be averaged."""
+
+    rounds: int = Field(5, ge=1, description="federated rounds")
+    local_steps: int = Field(10, ge=1, description="optimisation steps each client runs per round (its "
+                             "train.max_steps; batch size, lr and schedule come from train:)")
+    clients: int = Field(3, ge=1, description="simulation: virtual clients (--clients overrides)")
+    sample_fraction: float = Field(1.0, gt=0, le=1, description="share of the clients sampled each round")
+    min_clients: int = Field(2, ge=1, description="a round is aggregated when at least this many sampled clients "
+                             "answered; a client that fails or times out is reported and the round goes on")
+    round_timeout_s: float | None = Field(None, gt=0, description="deployment: a client that has not answered by then "
+                                          "counts as dropped for the round")
+    strategy: Literal["fedavg", "fedprox"] = Field("fedavg", description="fedprox adds mu/2 * |w - w_global|^2 to "
+                                                   "every client's loss")
+    proximal_mu: float = Field(0.01, gt=0, description="FedProx mu (strategy: fedprox)")
+    weighting: Literal["auto", "examples", "uniform"] = Field(
+        "auto", description="client weights in the average: examples (training records, FedAvg's), uniform; auto = "
+        "examples, uniform under dp (the noise is calibrated to one client's share)")
+    lora_aggregation: Literal["product", "separate"] = Field(
+        "product", description="separate: average A and B on their own (FlowerTune's; mean(B)mean(A) is not the mean "
+        "update); product: average the updates B@A and refactor to rank r by SVD (the best rank-r approximation of "
+        "the mean update). Other tensors are averaged as they are")
+    split: FederateSplit = Field(default_factory=FederateSplit, description="simulation: how data.train is sharded")
+    sites: list[FederateSite] | None = Field(None, description="simulation: explicit site files instead of a split")
+    dp: FederateDP | None = Field(None, description="differential privacy (off by default)")
+    secagg: FederateSecAgg | None = Field(None, description="SecAgg+ secure aggregation (simulation)")
+    parallel_clients: int = Field(1, ge=1, description="simulation: clients training at once (each with "
+                                  "train.num_threads threads)")
+    pooled_eval: bool = Field(True, description="simulation: also score the final global model on the pooled test set")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.strategy != "fedprox" and self.proximal_mu != type(self).model_fields["proximal_mu"].default:
+            raise ValueError("federate.proximal_mu: only used by strategy fedprox")
+        if self.secagg is not None and self.dp is not None:
+            raise ValueError("federate.dp: not combined with federate.secagg here (Flower's client-side clipping wrapper "
+                             "needs each client's update)")
+        if self.dp is not None and self.weighting == "examples":
+            raise ValueError("federate.weighting: examples under dp gives a large site more than 1/clients of the "
+                             "average, which the noise is not calibrated to; use uniform (or auto)")
+        if self.sites is not None:
+            names = [s.name for s in self.sites]
+            if len(set(names)) != len(names):
+                raise ValueError("federate.sites: site names must be unique")
+        return self
+
+    @property
+    def aggregation(self) -> str:
+        """The effective LoRA aggregation: separate under secagg, where the server sees only the securely summed
+        tensors (every client's A and B are needed for the product)."""
+        return "separate" if self.secagg is not None else self.lora_aggregation
+
+    @property
+    def weights(self) -> str:
+        return ("uniform" if self.dp is not None else "examples") if self.weighting == "auto" else self.weighting
+
+
 class DeployConfig(Section):
     """`seektune export / prune / serve` settings (CLI flags override these)."""
     export_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights dtype of `seektune export`")

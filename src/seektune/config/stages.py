@@ -25,9 +25,10 @@ from .options.simpo import SimPOOptions
 from .options.ppo import PPOOptions
 from .options.rm import RMOptions
 
-# keys every stage honours, and keys that belong to other commands (export, serve read `deploy`; tune `tune`)
+# keys every stage honours, and keys that belong to other commands (export, serve read `deploy`; tune `tune`;
+# federate `federate`)
 ALWAYS = ("train.stage", "train.output_dir", "train.seed", "train.resume", "train.num_threads", "deploy.*",
-          "tune.*", "eval.report")
+          "tune.*", "federate.*", "eval.report")
 MODEL = ("model.name_or_path", "model.task", "model.trust_remote_code", "model.dtype", "model.attn_implementation",
          "model.tokenizer")
 DATA = ("data.train", "data.eval", "data.format", "data.eval_ratio", "data.max_eval_samples", "data.max_samples",
@@ -54,6 +55,7 @@ class Stage:
     tasks: tuple[str, ...] = ("causal_lm",)  # model.task values it trains
     data: str = "sft"                       # the family of data.format it reads (data/formats.py)
     multi_process: bool = True              # runs under --nproc N (torchrun)
+    federated: bool = False                 # a client of `seektune federate` can run it (its trainable tensors travel)
     extra: dict = field(default_factory=dict)
 
 
@@ -62,14 +64,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "seektune.stages.sft", None,
           ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP
           + ("data.packing", "data.cache", "data.pipeline", "data.curriculum", "train.fused_loss",
-             "train.label_smoothing", "train.replay", "train.ewc", "train.adversarial", "eval.*")),
+             "train.label_smoothing", "train.replay", "train.ewc", "train.adversarial", "eval.*"),
+          federated=True),
     Stage("classify", "sequence classification (one label per text) or token classification (NER tags)",
           "seektune.stages.classify", None,
           ALWAYS + MODEL + ("model.num_labels", "adapter.*") + DATA + LOOP
           + ("data.text_field", "data.label_field", "data.stride", "data.label_scheme", "data.nested_policy",
              "data.strip_digits", "data.pipeline", "train.label_smoothing", "train.class_weights", "train.ewc",
              "train.adversarial"),
-          tasks=("sequence_classification", "token_classification"), data="labelled"),
+          tasks=("sequence_classification", "token_classification"), data="labelled", federated=True),
     Stage("rm", "reward model: the base plus a scalar head, trained on preference pairs (trl RewardTrainer)",
           "seektune.stages.rm", RMOptions, ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP,
           data="preference"),

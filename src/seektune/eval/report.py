@@ -159,6 +159,7 @@ def config_rows(cfg: dict | None, summary: dict | None) -> list[list[str]]:
                                 + (f", {_fmt(tps, 0)} real tokens/s" if tps is not None else "")]]
         if summary.get("resumed_from"):
             rows.append(["resumed from", str(summary["resumed_from"])])
+        rows += [[str(k), str(v)] for k, v in summary.get("config_rows") or []]  # a command's own (federate)
     return rows
 
 
