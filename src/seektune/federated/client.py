@@ -64,8 +64,14 @@ def round_config(raw: dict, train: str, test: str | None, out_dir: Path, rnd: in
     t.update(output_dir=str(out_dir), max_steps=local_steps, seed=int(t.get("seed", 42)) + rnd, save_steps=None)
     if threads and not t.get("num_threads"):
         t["num_threads"] = threads
+    from ..config.stages import STAGES, honoured
+
     e = data.setdefault("eval", {})
-    e.update(report=False, before_after=False)
+    e["report"] = False
+    if honoured(STAGES[t.get("stage", "sft")], "eval.before_after"):
+        e["before_after"] = False
+    else:
+        e.pop("before_after", None)
     return validate_config(data, f"federated client round {rnd}")
 
 
