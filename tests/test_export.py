@@ -13,7 +13,7 @@ import torch
 from deploy_fixtures import make_lora_run
 from deploy_fixtures import one_torch_thread  # noqa: F401  (autouse)
 from seektune.export.merge import export_run, prompt_logits, verify_prompts
-from seektune.export.source import ExportError, load_causal_lm, resolve_source
+from seektune.export.source import ExportError, load_causal_lm, load_tokenizer_for, resolve_source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,11 +50,13 @@ def test_merged_export_equals_adapter_model_in_plain_transformers(exported, adap
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["mode"] == "merged" and manifest["verification"]["top1_agreement"] == 1.0
     assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
-    # a clean interpreter without seektune on the path loads it with transformers alone
+    # a clean interpreter without seektune on the path loads it with transformers alone; the tokenizer as
+    # PreTrainedTokenizerFast, which reads tokenizer.json as written (AutoTokenizer builds Qwen2Tokenizer for this
+    # qwen2 config and gives the DeepSeek vocabulary Qwen2's split rules: huggingface/transformers#45920)
     code = (
         "import sys, json, torch\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval(); t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval(); t = PreTrainedTokenizerFast.from_pretrained(sys.argv[1])\n"
         "assert 'seektune' not in sys.modules and t.chat_template\n"
         "out = []\n"
         "for p in json.loads(sys.argv[2]):\n"
@@ -108,9 +110,7 @@ def test_int8_export_is_smaller_and_tracks_fp32(exported, adapter_and_base_logit
     int8_bytes = (out / "int8" / "model.int8.safetensors").stat().st_size
     assert int8_bytes < 0.35 * fp32_bytes
     tok = resolve_source(out)
-    from transformers import AutoTokenizer
-
-    tk = AutoTokenizer.from_pretrained(str(out / "int8"))
+    tk = load_tokenizer_for(resolve_source(out / "int8"))  # as serve loads it (tokenizer.json as written)
     for mode, min_cos in (("weight", 0.99), ("dynamic", 0.9)):
         model = load_quantized(out / "int8", device="cpu", mode=mode)
         if mode == "weight":

@@ -46,12 +46,13 @@ def pairwise_accuracy(model, tok, pairs: list[RenderedPair], batch_size: int = 8
 def load_reward_model(spec: str, log=print):
     """A frozen reward model in eval mode, and its tokenizer, from an rm run folder (or its final/), a
     model folder with a 1-label head, or a preset."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from ..config import ModelConfig
     from ..engine.artifacts import ArtifactError, resolve
     from ..models.loader import load_model
     from ..models.presets import ModelError, fix_pad_token
+    from ..models.tokenizer_file import from_pretrained as load_tok
 
     try:
         art = resolve(spec)
@@ -61,13 +62,13 @@ def load_reward_model(spec: str, log=print):
         from peft import PeftModel
 
         base = AutoModelForSequenceClassification.from_pretrained(art.base_path, num_labels=1)
-        tok = AutoTokenizer.from_pretrained(str(art.path))
+        tok = load_tok(art.path, log=log)
         fix_pad_token(tok)
         base.config.pad_token_id = tok.pad_token_id
         model = PeftModel.from_pretrained(base, str(art.path)).merge_and_unload()
     elif Path(spec).expanduser().exists():  # a model folder (or a full fine-tune's final/)
         model = AutoModelForSequenceClassification.from_pretrained(str(art.path), num_labels=1)
-        tok = AutoTokenizer.from_pretrained(str(art.path))
+        tok = load_tok(art.path, log=log)
         fix_pad_token(tok)
         model.config.pad_token_id = tok.pad_token_id
     else:  # a preset: a fresh scalar head on the preset's base

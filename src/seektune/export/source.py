@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..engine.artifacts import QUANT_MANIFEST, Artifact, ArtifactError, resolve
+from ..models import tokenizer_file
 from ..models.presets import fix_pad_token
 from .errors import ExportError
 
@@ -29,11 +30,11 @@ def resolve_source(target: str | Path) -> Artifact:
 
 
 def load_tokenizer_for(src: Source):
-    from transformers import AutoTokenizer
-
+    """The tokenizer saved with the run (or its base), its tokenizer.json used as written
+    (models/tokenizer_file.py: transformers 5 rebuilds some from their class)."""
     for cand in (src.path, src.base_path):
         if cand and (Path(cand) / "tokenizer_config.json").exists():
-            tok = AutoTokenizer.from_pretrained(str(cand))
+            tok = tokenizer_file.from_pretrained(cand)
             fix_pad_token(tok)
             return tok
     raise ExportError(f"{src.path}: no tokenizer next to the model or its base")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from ..utils.console import log as console_log
 from ..utils.safe_files import check_folder
+from . import tokenizer_file
 from .presets import ModelError, fix_pad_token, resolve_model_path
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -37,9 +39,13 @@ def _auto_class(task: str):
             "token_classification": AutoModelForTokenClassification}[task]
 
 
-def load_tokenizer(model_cfg, path: str | None = None):
-    from transformers import AutoTokenizer
+def load_tokenizer(model_cfg, path: str | None = None, log=console_log):
+    """The tokenizer of a preset, HF folder or GGUF file, with a pad token distinct from eos.
 
+    A folder's tokenizer.json is used as written: transformers 5 rebuilds some tokenizers from their
+    class (Qwen2Tokenizer for a qwen2 config holding DeepSeek's vocabulary, huggingface/transformers#45920),
+    and tokenizer_file.from_pretrained reloads those from the file, saying so in one line to `log`.
+    """
     path = path or resolve_model_path(model_cfg.tokenizer or model_cfg.name_or_path)
     kwargs = {"trust_remote_code": model_cfg.trust_remote_code}
     p = Path(path)
@@ -47,7 +53,7 @@ def load_tokenizer(model_cfg, path: str | None = None):
         kwargs["gguf_file"] = p.name
         path = str(p.parent)
     try:
-        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        tok = tokenizer_file.from_pretrained(path, log=log, **kwargs)
     except Exception as e:
         raise ModelError(f"cannot load a tokenizer from {path}: {e}") from None
     fix_pad_token(tok)
@@ -83,7 +89,7 @@ def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2labe
     path = resolve_model_path(model_cfg.name_or_path, log)
     if Path(path).suffix != ".gguf":
         check_folder(path, "model folder")  # transformers falls back to pytorch_model.bin when no safetensors
-    tok = tokenizer or load_tokenizer(model_cfg, path if not model_cfg.tokenizer else None)
+    tok = tokenizer or load_tokenizer(model_cfg, path if not model_cfg.tokenizer else None, log=log)
     cls = _auto_class(model_cfg.task)
     kwargs = {"dtype": _DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.attn_implementation != "auto":

@@ -57,9 +57,9 @@ def fix_pad_token(tokenizer) -> None:
 
 
 def load_deepseek_tokenizer():
-    from transformers import AutoTokenizer
+    from .tokenizer_file import from_pretrained
 
-    tok = AutoTokenizer.from_pretrained(str(deepseek_tokenizer_dir()))
+    tok = from_pretrained(deepseek_tokenizer_dir())
     fix_pad_token(tok)
     return tok
 

@@ -3,7 +3,8 @@
 Invoked as a script (it imports nothing from seektune): `python _run_converter.py CONVERTER_DIR
 PRE_FALLBACK -- converter args`. llama.cpp names the BPE pre-tokenizer by hashing the tokenizer's
 output on a probe text and refuses tokenizers whose hash it does not list, although it implements
-their split rules; transformers 5 re-saves a DeepSeek vocabulary with Qwen2's split regex, for one.
+their split rules; under a qwen2 config transformers 5 rebuilds a DeepSeek vocabulary with Qwen2's split
+regex (huggingface/transformers#45920), and the converter hashes that rebuilt tokenizer's output, for one.
 When the hash is unknown and seektune matched the tokenizer.json split regexes to a pre-tokenizer
 llama.cpp implements (PRE_FALLBACK, '-' for none), that name is used instead of failing.
 """

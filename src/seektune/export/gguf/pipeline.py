@@ -35,8 +35,9 @@ def _num_ctx(cfg) -> tuple[int, str | None]:
 def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwrite: bool = False,
                 verify: bool = True) -> dict:
     """Write DIR/hf, DIR/<name>.<quant>.gguf, DIR/Modelfile and DIR/gguf_verify.json; return the report."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from ...models import tokenizer_file
     from ..merge import export_run, prepare_out_dir, verify_prompts
 
     if quant in NEEDS_QUANTIZER:
@@ -64,7 +65,7 @@ def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwri
             f"'{conv_info['pre_fallback']}', written as tokenizer.ggml.pre")
 
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(hf))
+    tok = tokenizer_file.from_pretrained(hf)  # tokenizer.json as written: what the converter read
     template = get_template(src.template, tok)
     kind = "tokenizer" if isinstance(template, TokenizerTemplate) else template.name
     meta = read_meta(gguf_path)
