@@ -441,6 +441,8 @@ class EvalConfig(Section):
         None, description="general-domain eval file for the forgetting check, e.g. ../shared/data/general/alpaca_zh_demo.json")
     general_samples: int = Field(40, ge=1, description="records of general_eval measured before and after")
     forgetting_threshold: float = Field(0.05, ge=0, lt=1, description="flag a relative drop larger than this share")
+    generation: bool = Field(True, description="generation metrics (ROUGE/BLEU/exact match) on eval.samples held-out "
+                             "records at the end of training; off: eval loss only (no decoding)")
     before_after: bool = Field(True, description="at the end of training, evaluate the base model too and compare")
     max_time_share: float = Field(
         0.2, gt=0, le=1, description="skip a generation eval during training when it would exceed this share of run time")

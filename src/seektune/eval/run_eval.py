@@ -103,7 +103,7 @@ class RunEvaluator:
                 ev.results = {k: {"before": v["before"]} for k, v in prev.items() if "before" in v}
             else:
                 old.unlink()
-        if eval_rows:
+        if eval_rows and cfg.eval.generation:
             try:
                 ev.sets["heldout"] = heldout_eval_set(cfg.data, eval_rows, limit=cfg.eval.samples)
             except DataError as e:

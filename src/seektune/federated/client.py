@@ -28,7 +28,7 @@ from .params import digest, get_arrays, layout, set_arrays, trainable
 
 # keys the federation sets for every client round: a config that sets them itself would be ignored
 FEDERATION_SETS = ("train.max_steps", "train.epochs", "train.resume", "train.save_steps", "train.keep_checkpoints",
-                   "eval.before_after", "eval.benchmarks", "data.eval", "data.eval_ratio")
+                   "eval.before_after", "eval.generation", "eval.benchmarks", "data.eval", "data.eval_ratio")
 FAULT_ENV = "SEEKTUNE_FED_FAIL"  # "site:round[,site:round]": that client raises in that round (fault tests)
 
 
@@ -68,10 +68,11 @@ def round_config(raw: dict, train: str, test: str | None, out_dir: Path, rnd: in
 
     e = data.setdefault("eval", {})
     e["report"] = False
-    if honoured(STAGES[t.get("stage", "sft")], "eval.before_after"):
-        e["before_after"] = False
-    else:
-        e.pop("before_after", None)
+    for key in ("before_after", "generation"):  # no decoding in a client round: eval loss / the recipe's metrics
+        if honoured(STAGES[t.get("stage", "sft")], f"eval.{key}"):
+            e[key] = False
+        else:
+            e.pop(key, None)
     return validate_config(data, f"federated client round {rnd}")
 
 
@@ -101,9 +102,27 @@ def _callbacks(mode: str, arrays, mu: float, holder: dict):
     return [FederatedRound()]
 
 
+def release_memory() -> None:
+    """Free the previous round's model, trainer and optimizer now and hand the pages back to the OS: a
+    site process runs many rounds, and the trainer's reference cycles otherwise wait for a late gc
+    (measured: +1.4 GB RSS per SmolLM2 round in one Ray actor)."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def run_round(cfg, mode: str, arrays=None, mu: float = 0.0) -> dict:
     """Run the recipe of `cfg` in `mode` (init | fit | evaluate); returns what the mode produced."""
     from ..stages import run_stage
+
+    release_memory()
 
     holder: dict = {}
     t0 = time.time()
@@ -153,7 +172,10 @@ class SiteClient:
 
     def get_parameters(self, config):
         out = run_round(self._cfg(0, 1, "init"), "init")
-        return get_arrays(out["model"])
+        arrays = get_arrays(out.pop("model"))
+        del out
+        release_memory()
+        return arrays
 
     def fit(self, parameters, config):
         rnd, steps = int(config["round"]), int(config["local_steps"])
@@ -175,7 +197,10 @@ class SiteClient:
         if config.get("want_layout"):
             metrics["layout"] = json.dumps(lay)
         n = int((summary.get("data") or {}).get("train") or 0)
-        return get_arrays(model), max(n, 1), metrics
+        arrays = get_arrays(model)
+        del model, out
+        release_memory()
+        return arrays, max(n, 1), metrics
 
     def evaluate(self, parameters, config):
         rnd = int(config["round"])
@@ -184,6 +209,8 @@ class SiteClient:
         cfg = self._cfg(rnd, 1, f"eval_{rnd:03d}")
         out = run_round(cfg, "evaluate", parameters)
         before = out["before"]
+        del out
+        release_memory()
         flat = scalar_metrics("", before.get("metrics", before))
         loss = float(flat.get("eval_loss", flat.get("loss", 0.0)))
         n = _count_lines(self.test)
