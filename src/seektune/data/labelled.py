@@ -103,15 +103,14 @@ def _split_or_cap(train: list, data_cfg, seed: int, ev: list | None, key=None):
     return [train[i] for i in h.train], [train[i] for i in h.eval], []
 
 
-def _only_known(items: list, labels: list[str], rejects: list, what: str) -> list:
-    """Items whose label is in data.labels; the others go to rejects with the reason."""
+def _only_known(items: list, labels: list[str], rejects: list, reason: str) -> list:
+    """Items whose label is in `labels`; the others go to rejects with `reason` (formatted with the label)."""
     known, kept = set(labels), []
     for x in items:
         if x.label in known:
             kept.append(x)
         else:
-            rejects.append({"source": x.source, "line": x.line,
-                            "reason": f"{what} label '{x.label}' is not in data.labels"})
+            rejects.append({"source": x.source, "line": x.line, "reason": reason.format(label=x.label)})
     return kept
 
 
@@ -130,19 +129,11 @@ def load_sequence_data(data_cfg, seed: int, rejects: list) -> LabelledData:
     train, ev, unused = _split_or_cap(train, data_cfg, seed, ev, key=lambda x: x.label)
     labels = sort_labels(x.label for x in train)
     if data_cfg.labels:
-        train = _only_known(train, data_cfg.labels, rejects, "training")
+        train = _only_known(train, data_cfg.labels, rejects, "training label '{label}' is not in data.labels")
         labels = list(data_cfg.labels)
     if len(labels) < 2:
         raise DataError(f"{data_cfg.train}: found {len(labels)} distinct label(s); classification needs >= 2")
-    known = set(labels)
-    kept = []
-    for x in ev:
-        if x.label in known:
-            kept.append(x)
-        else:
-            rejects.append({"source": x.source, "line": x.line,
-                            "reason": f"eval label '{x.label}' never occurs in the training data"})
-    ev = kept
+    ev = _only_known(ev, labels, rejects, "eval label '{label}' never occurs in the training data")
     counts = {lab: sum(1 for x in train if x.label == lab) for lab in labels}
     return LabelledData(labels, train, ev, _stats(n_read, train, ev, rejects, unused, beyond,
                                                   train_label_counts=counts), unused)
