@@ -55,11 +55,10 @@ def main() -> None:
     report = json.loads((fed_dir / "split" / "split.json").read_text(encoding="utf-8"))
     sites = {name: {"train": str(fed_dir / "split" / name / "train.jsonl"),
                     "test": str(fed_dir / "split" / name / "test.jsonl")} for name in report["sites"]}
-    if cfg.model.task != "causal_lm" and not cfg.data.labels:
-        from seektune.data.labelled import read_text_labels, sort_labels
+    from seektune.federated.app import _shared_labels
+    from seektune.federated.shards import Shards
 
-        raw["data"]["labels"] = sort_labels({x.label for f in sites.values()
-                                             for x in read_text_labels(f["train"], cfg.data, [])})
+    _shared_labels(cfg, raw, Shards(sites, None))  # the label set the federation used, for every other model
     pooled_test = str(fed_dir / "split" / "pooled_test.jsonl")
     f = cfg.federate
     steps = f.rounds * f.local_steps
