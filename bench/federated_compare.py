@@ -1,11 +1,12 @@
 """Issue 20: each site alone vs the federation vs centralised training, same total optimisation steps.
 
     python bench/federated_compare.py examples/fed_medical.yaml [--clients 3] [--set key=value ...]
-           [--out runs/bench_fed] [--only federated]
+           [--out runs/bench_fed] [--only federated|central]
 
 1. federated: `seektune federate CONFIG --simulate` (rounds x local_steps per site)
 2. alone: each site trains rounds x local_steps on its own shard (the same compute it gives the federation)
 3. central: one run on the shuffled union of the site shards, clients x rounds x local_steps steps
+`--only federated` runs 1 (e.g. a DP variant); `--only central` writes the same seeded split and runs 3.
 Every model is scored by the recipe's own evaluation on every site's test set and on the pooled test set;
 the table goes to stdout and OUT/compare.json, with the load average, wall times and bytes per round.
 """
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="runs/bench_fed")
-    ap.add_argument("--only", choices=["federated", "all"], default="all")
+    ap.add_argument("--only", choices=["federated", "central", "all"], default="all")
     a = ap.parse_args()
 
     from seektune.data.io import read_records, write_jsonl
@@ -46,12 +47,20 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M')} {a.config} {' '.join(a.overrides)}; {load_avg()}", flush=True)
-    t0 = time.time()
-    summary = simulate(a.config, a.overrides + [f"train.output_dir={out / 'federated'}"], clients=a.clients,
-                       overwrite=True)
-    fed_s = time.time() - t0
     cfg, raw = load(a.config, a.overrides)
     fed_dir = out / "federated"
+    n = a.clients or cfg.federate.clients
+    summary, models, walls = {}, {}, {}
+    if a.only != "central":
+        t0 = time.time()
+        summary = simulate(a.config, a.overrides + [f"train.output_dir={fed_dir}"], clients=a.clients,
+                           overwrite=True)
+        walls["federated"] = round(time.time() - t0, 1)
+        print(f"federated: {walls['federated']:.0f} s; {load_avg()}", flush=True)
+    else:  # the federation's own split (same config and seed), without running the federation
+        from seektune.federated.shards import make_shards
+
+        make_shards(cfg, n, fed_dir / "split")
     report = json.loads((fed_dir / "split" / "split.json").read_text(encoding="utf-8"))
     sites = {name: {"train": str(fed_dir / "split" / name / "train.jsonl"),
                     "test": str(fed_dir / "split" / name / "test.jsonl")} for name in report["sites"]}
@@ -62,11 +71,10 @@ def main() -> None:
     pooled_test = str(fed_dir / "split" / "pooled_test.jsonl")
     f = cfg.federate
     steps = f.rounds * f.local_steps
-    n = len(sites)
-    fed = Federation.open(cfg, fed_dir, resume=True)
-    models = {"federated": fed.last_global()[0]}
-    walls = {"federated": round(fed_s, 1)}
-    print(f"federated: {fed_s:.0f} s; {load_avg()}", flush=True)
+    fed = None
+    if a.only != "central":
+        fed = Federation.open(cfg, fed_dir, resume=True)
+        models["federated"] = fed.last_global()[0]
     if a.only == "all":
         for site, files in sites.items():
             t = time.time()
@@ -74,6 +82,7 @@ def main() -> None:
             models[f"alone {site}"] = get_arrays(r["model"])
             walls[f"alone {site}"] = round(time.time() - t, 1)
             print(f"alone {site}: {steps} steps, {walls[f'alone {site}']} s; {load_avg()}", flush=True)
+    if a.only in ("all", "central"):
         pooled_train = [x.data for s in sites.values() for x in read_records(s["train"])]
         random.Random(cfg.train.seed).shuffle(pooled_train)
         write_jsonl(out / "central_train.jsonl", pooled_train)
@@ -105,8 +114,8 @@ def main() -> None:
            "steps_per_site": steps, "total_steps": n * steps, "wall_s": walls, "table": table,
            "bytes_per_round_up": rows.get("bytes_per_round_up"), "dp": rows.get("dp"),
            "lora_errors": [{k: r.get(k) for k in ("round", "lora_error_product", "lora_error_separate")}
-                           for r in fed.rows], "load_avg_end": load_avg()}
-    (out / "compare.json").write_text(json.dumps(res, indent=1, ensure_ascii=False), encoding="utf-8")
+                           for r in (fed.rows if fed else [])], "load_avg_end": load_avg()}
+    (out / f"compare{'' if a.only == 'all' else '_' + a.only}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False), encoding="utf-8")
     for k in keys:
         print(f"\n{k} (rows: model; columns: test set)")
         print("| model | " + " | ".join(tests) + " |")

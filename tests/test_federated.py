@@ -239,7 +239,7 @@ def test_simulation_end_to_end(tmp_path, monkeypatch):
     from flwr.common import parameters_to_ndarrays
 
     lay = json.loads((fed / "layout.json").read_text())
-    allowed = {"site", "layout", "layout_digest", "seconds", "steps", "train_loss", "global_eval_loss", "local_eval_loss"}
+    allowed = {"site", "layout", "layout_digest", "seconds", "steps", "train_loss", "global_eval_loss", "local_eval_loss", "rss_gb"}
     assert len(sent) == sum(r["clients"] for r in rows)
     for res in sent:
         arrays = parameters_to_ndarrays(res.parameters)

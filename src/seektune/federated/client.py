@@ -159,6 +159,59 @@ def _failing(site: str, rnd: int) -> bool:
     return any(part.strip() == f"{site}:{rnd}" for part in spec.split(",") if part.strip())
 
 
+def round_outcome(cfg, mode: str, arrays=None, mu: float = 0.0) -> dict:
+    """run_round reduced to what leaves a round (picklable, no model object): the trained tensors and their
+    layout (init, fit), the recipe's summary and its "before" evaluation, seconds and the process's RSS."""
+    out = run_round(cfg, mode, arrays, mu)
+    model = out.pop("model", None)
+    res = {"seconds": out["seconds"], "summary": out.get("summary") or {}, "before": out["before"]}
+    if mode != "evaluate" and model is not None:
+        res["arrays"], res["layout"] = get_arrays(model), layout(model)
+    del model, out
+    release_memory()
+    res["rss_gb"] = _rss_gb()
+    return res
+
+
+def _rss_gb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return round(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3, 3)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def run_isolated(cfg, mode: str, arrays=None, mu: float = 0.0, fresh: bool = True) -> dict:
+    """round_outcome, in a new Python process when `fresh` (the pickles live in the round's own folder and are
+    removed afterwards); an error in the child is raised here with the child's traceback."""
+    if not fresh:
+        return round_outcome(cfg, mode, arrays, mu)
+    import pickle
+    import subprocess
+    import sys
+
+    folder = Path(cfg.train.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    src, dst = folder / "_round_in.pkl", folder / "_round_out.pkl"
+    dst.unlink(missing_ok=True)
+    with open(src, "wb") as fh:
+        pickle.dump((cfg, mode, arrays, mu), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "seektune.federated.worker", str(src), str(dst)],
+                              stdin=subprocess.DEVNULL)
+        if not dst.exists():
+            raise RuntimeError(f"client round process ({mode}, {folder}) ended with exit status {proc.returncode} "
+                               "and no result (killed? out of memory?)")
+        with open(dst, "rb") as fh:
+            result = pickle.load(fh)
+    finally:
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+    if "error" in result:
+        raise RuntimeError(f"client round ({mode}, {folder}) failed: {result['error']}\n{result['traceback']}")
+    return result["ok"]
+
+
 class SiteClient:
     """The Flower NumPyClient of one site (built by `make_client`; duck-typed so this module imports without flwr)."""
 
@@ -166,28 +219,24 @@ class SiteClient:
                  threads: int | None = None):
         self.raw, self.site, self.train, self.test = raw, site, train, test
         self.work_dir, self.threads = Path(work_dir), threads
+        self.fresh = (raw.get("federate") or {}).get("round_process", "fresh") == "fresh"
+        self._n_test: int | None = None
 
     def _cfg(self, rnd: int, local_steps: int, name: str):
         return round_config(self.raw, self.train, self.test, self.work_dir / name, rnd, local_steps, self.threads)
 
     def get_parameters(self, config):
-        out = run_round(self._cfg(0, 1, "init"), "init")
-        arrays = get_arrays(out.pop("model"))
-        del out
-        release_memory()
-        return arrays
+        return run_isolated(self._cfg(0, 1, "init"), "init", fresh=self.fresh)["arrays"]
 
     def fit(self, parameters, config):
         rnd, steps = int(config["round"]), int(config["local_steps"])
         if _failing(self.site, rnd):
             raise RuntimeError(f"{self.site}: failing round {rnd} on purpose ({FAULT_ENV})")
         mu = float(config.get("proximal_mu", 0.0))
-        cfg = self._cfg(rnd, steps, f"round_{rnd:03d}")
-        out = run_round(cfg, "fit", parameters, mu)
-        model, summary = out["model"], out.get("summary") or {}
-        lay = layout(model)
+        out = run_isolated(self._cfg(rnd, steps, f"round_{rnd:03d}"), "fit", parameters, mu, self.fresh)
+        summary, lay = out["summary"], out["layout"]
         metrics = {"site": self.site, "layout_digest": digest(lay), "seconds": round(out["seconds"], 2),
-                   "steps": int(summary.get("steps") or 0)}
+                   "steps": int(summary.get("steps") or 0), "rss_gb": out["rss_gb"]}
         if isinstance(summary.get("train_loss"), (int, float)):
             metrics["train_loss"] = float(summary["train_loss"])
         for e in summary.get("evidence", []):
@@ -197,24 +246,19 @@ class SiteClient:
         if config.get("want_layout"):
             metrics["layout"] = json.dumps(lay)
         n = int((summary.get("data") or {}).get("train") or 0)
-        arrays = get_arrays(model)
-        del model, out
-        release_memory()
-        return arrays, max(n, 1), metrics
+        return out["arrays"], max(n, 1), metrics
 
     def evaluate(self, parameters, config):
         rnd = int(config["round"])
         if not self.test:
             return 0.0, 0, {"site": self.site, "no_test": 1}
-        cfg = self._cfg(rnd, 1, f"eval_{rnd:03d}")
-        out = run_round(cfg, "evaluate", parameters)
+        out = run_isolated(self._cfg(rnd, 1, f"eval_{rnd:03d}"), "evaluate", parameters, fresh=self.fresh)
         before = out["before"]
-        del out
-        release_memory()
         flat = scalar_metrics("", before.get("metrics", before))
         loss = float(flat.get("eval_loss", flat.get("loss", 0.0)))
-        n = _count_lines(self.test)
-        return loss, n, {"site": self.site, **{k: v for k, v in flat.items() if k in _REPORTED}}
+        if self._n_test is None:  # the site's test file does not change during a federation
+            self._n_test = _count_lines(self.test)
+        return loss, self._n_test, {"site": self.site, **{k: v for k, v in flat.items() if k in _REPORTED}}
 
 
 _REPORTED = ("eval_loss", "accuracy", "macro_f1", "f1", "entity_f1", "loss")
