@@ -33,6 +33,16 @@ class ModelConfig(Section):
     tokenizer: str | None = Field(None, description="tokenizer folder when it differs from the model's")
 
 
+# the adapter keys only LoRA reads (refused, by name, for full / freeze / prefix)
+LORA_ONLY_KEYS = ("use_dora", "use_rslora", "init", "loraplus_lr_ratio", "quantize_base")
+
+
+def mutates_base(init: str) -> bool:
+    """Whether this adapter.init changes the base weights when the adapter is created: PiSSA (any form) moves the
+    top-r singular part of each weight into the adapter, OLoRA the first r columns of its QR decomposition."""
+    return init == "olora" or init.startswith("pissa")
+
+
 class AdapterConfig(Section):
     method: Literal["full", "freeze", "lora", "prefix"] = "lora"
     r: int = Field(8, ge=1)
@@ -44,6 +54,54 @@ class AdapterConfig(Section):
     train_router: bool = Field(False, description="MoE: let the router `gate` train (frozen by default)")
     trainable_layers: int = Field(2, ge=0, description="freeze: train only the last N transformer layers + head")
     num_virtual_tokens: int = Field(16, ge=1, description="prefix tuning: virtual tokens per layer")
+    # LoRA variants (peft LoraConfig options); each only with method: lora
+    use_dora: bool = Field(
+        False, description="DoRA (peft use_dora): split each adapted weight into a trained magnitude vector and a "
+        "LoRA-updated direction; often closer to full fine-tuning than LoRA at low r, for ~1 extra vector per layer "
+        "and slower steps. Not on peft target_parameters (fused MoE experts)")
+    use_rslora: bool = Field(
+        False, description="rank-stabilised LoRA (peft use_rslora): scale the update by alpha/sqrt(r) instead of "
+        "alpha/r, so a large r still learns (with alpha/r the update shrinks as r grows); pick it for r >= 32")
+    init: str = Field(
+        "default", description="LoRA initialisation (peft init_lora_weights): default (A random, B zero: starts as "
+        "the base); gaussian (A Gaussian, B zero); pissa (A, B = the top-r singular vectors of each weight, which "
+        "leaves the residual in the base: converges faster than LoRA; exact SVD, slow on big layers) or "
+        "pissa_niter_K (randomised SVD with K subspace iterations, e.g. pissa_niter_4: seconds on a 7B model); "
+        "olora (A, B from a QR decomposition of each weight, the rest left in the base). pissa and olora change "
+        "the base weights: final/ is saved converted to a plain LoRA of rank 2r on the original base. Not for "
+        "stages whose reference is the base with the adapter disabled (dpo, kto, ppo, grpo with beta > 0)")
+    loraplus_lr_ratio: float | None = Field(
+        None, ge=1, description="LoRA+: the lora_B matrices learn at ratio x the adapters' rate (A keeps it), "
+        "which the LoRA+ paper found trains faster at the same cost; typical 4-16, often with a lower train.lr. "
+        "Composes with train.layerwise_lr (the ratio multiplies the adapters' rate)")
+    quantize_base: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: load the frozen base quantised by bitsandbytes (4bit: NF4 with double "
+        "quantisation, compute in model.dtype; 8bit: LLM.int8) so a larger model fits on the GPU; the adapter "
+        "trains in full precision. Needs a CUDA GPU and `pip install bitsandbytes` (not a seektune dependency)")
+
+    @field_validator("init")
+    @classmethod
+    def _init_known(cls, v: str) -> str:
+        import re
+
+        if v in ("default", "gaussian", "pissa", "olora") or re.fullmatch(r"pissa_niter_\d+", v):
+            return v
+        raise ValueError(f"unknown initialisation '{v}' (default, gaussian, pissa, pissa_niter_K "
+                         "with K a number of iterations, olora; peft's eva, corda and loftq need calibration data "
+                         "or their own config, and are not offered)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.method != "lora":
+            for key in LORA_ONLY_KEYS:
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(f"adapter.{key}: only used by adapter.method lora (got method {self.method})")
+        if self.quantize_base != "none" and mutates_base(self.init):
+            raise ValueError(f"adapter.init: {self.init} with adapter.quantize_base {self.quantize_base} is not "
+                             "offered: peft computes PiSSA only on float weights, and a residual re-quantised after "
+                             "OLoRA/PiSSA no longer adds up to the original base, so final/ would not reproduce the "
+                             "trained model on it; use adapter.init: default or gaussian with a quantised base")
+        return self
 
 
 class DataPipelineStep(BaseModel):

@@ -24,6 +24,7 @@ from .options.orpo import ORPOOptions
 from .options.simpo import SimPOOptions
 from .options.ppo import PPOOptions
 from .options.rm import RMOptions
+from .sections import AdapterConfig
 
 # keys every stage honours, and keys that belong to other commands (export, serve read `deploy`; tune `tune`;
 # federate `federate`)
@@ -41,6 +42,8 @@ LOOP = ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch
         "train.keep_checkpoints", "train.layerwise_lr", "train.early_stopping", "train.dropout",
         "train.return_freed_memory", "train.gradient_checkpointing", "train.activation_budget_gb",
         "train.distributed", "train.fsdp.*", "train.deepspeed.*", "monitor.*")
+# ppo builds its own optimizer (no parameter groups), so LoRA+'s rate for the B matrices would be ignored there
+ADAPTER_BUT_LORAPLUS = tuple(f"adapter.{k}" for k in AdapterConfig.model_fields if k != "loraplus_lr_ratio")
 # benchmarks before and after (stages/__init__.py runs them around any stage that trains a causal LM)
 BENCH = ("eval.benchmarks", "eval.benchmark_*", "eval.cmmlu_dir", "eval.gsm8k_file")
 
@@ -81,7 +84,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           data="preference"),
     Stage("ppo", "RLHF with PPO against a reward model (seektune's compact loop: trl 1.16 has no PPO)",
           "seektune.stages.ppo", PPOOptions,
-          ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT
+          ALWAYS + MODEL + ADAPTER_BUT_LORAPLUS + DATA + CHAT
           + ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch_size", "train.lr",
              "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.save_steps",
              "train.keep_checkpoints") + BENCH,

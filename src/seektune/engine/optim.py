@@ -3,6 +3,11 @@
 Groups are named so that their rates can be logged: embeddings, layer.<i>, head, adapters, other,
 each split into a decayed and a no-decay group. The schedule multiplies every group's own rate by
 the same factor, and the floor `min_lr` scales with each group's rate (min_lr / lr of the base).
+
+LoRA+ (adapter.loraplus_lr_ratio) splits the LoRA B matrices off the adapters into `adapters.lora_B`,
+at the adapters' rate x the ratio. This stands in for peft's `create_loraplus_optimizer`, whose four
+fixed groups would drop the layer-wise rates and put every 1-D parameter (biases, norms, DoRA
+magnitudes) at the B rate.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ _EMB = ("embed_tokens", "word_embeddings", "position_embeddings", "token_type_em
 _HEAD = ("lm_head", "score", "classifier", "pooler", "v_head")
 _ADAPTER = ("lora_", "prompt_encoder", "prefix_encoder", "modules_to_save")
 _LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+_LORA_B = (".lora_B.", ".lora_embedding_B.")
 
 
 def no_decay(name: str, p: torch.nn.Parameter) -> bool:
@@ -48,8 +54,10 @@ class GroupSpec:
     params: list
 
 
-def build_param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layerwise=None) -> list[dict]:
-    """Param groups for AdamW. With `layerwise`, each part of the model gets its own rate."""
+def build_param_groups(model: torch.nn.Module, lr: float, weight_decay: float, layerwise=None,
+                       lora_b_ratio: float | None = None) -> list[dict]:
+    """Param groups for AdamW. With `layerwise`, each part of the model gets its own rate; with `lora_b_ratio`
+    (LoRA+), the LoRA B matrices learn at their adapters' rate x the ratio."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_layers = 1 + max([group_of(n)[1] or 0 for n, _ in named if group_of(n)[0] == "layer"], default=0)
     groups: dict[tuple[str, bool], GroupSpec] = {}
@@ -68,6 +76,9 @@ def build_param_groups(model: torch.nn.Module, lr: float, weight_decay: float, l
                 base = layerwise.body or lr
                 rate = base * layerwise.depth_decay ** (n_layers - 1 - idx)
                 label = f"layer.{idx}"
+        if lora_b_ratio and g == "adapters" and any(b in n for b in _LORA_B):
+            rate *= lora_b_ratio
+            label = "adapters.lora_B"
         nd = no_decay(n, p)
         key = (label, nd)
         if key not in groups:

@@ -122,7 +122,8 @@ class SeekTrainerMixin:
     def create_optimizer(self, *a, **kw):
         if self.optimizer is None and self.st_cfg is not None:
             t = self.st_cfg.train
-            groups = build_param_groups(self.model, t.lr, t.weight_decay, t.layerwise_lr)
+            groups = build_param_groups(self.model, t.lr, t.weight_decay, t.layerwise_lr,
+                                        lora_b_ratio=getattr(self.st_cfg.adapter, "loraplus_lr_ratio", None))
             self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
                                                eps=self.args.adam_epsilon)
         opt = super().create_optimizer(*a, **kw) if self.optimizer is None else self.optimizer
@@ -301,3 +302,8 @@ class SeekTrainerMixin:
             p = os.path.join(output_dir, "training_args.bin")
             if os.path.exists(p):
                 os.remove(p)
+            if not _internal_call:
+                # the final adapter (a checkpoint's stays as trained: resume rebuilds the same residual base)
+                from ..models.adapters import save_plain_lora
+
+                save_plain_lora(self.accelerator.unwrap_model(self.model), output_dir)

@@ -6,12 +6,22 @@ experts, as peft `target_parameters`. Why parameters for the dense/shared MLP to
 rewrites any *module* target ending in gate_proj/up_proj/down_proj on DeepSeek into routed-expert
 targets (silently dropping the shared experts), both when wrapping and when reloading; parameter
 targets are left alone and round-trip through plain `PeftModel.from_pretrained`.
+
+LoRA variants (adapter.use_dora, use_rslora, init, quantize_base) are peft LoraConfig options. PiSSA and
+OLoRA (adapter.init) move part of each adapted weight into the adapter when it is created, so the
+trained adapter only fits that residual base; `save_plain_lora` rewrites a saved final adapter into a
+plain LoRA of rank 2r for the original base (peft's `path_initial_model_for_weight_conversion`
+arithmetic, done on the saved files).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 
@@ -23,8 +33,22 @@ HEAD_NAMES = ("lm_head", "score", "classifier")
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
 
 
+# the adapter's A and B right after a base-changing init (PiSSA / OLoRA), kept on the peft model for save_plain_lora
+INITIAL_ADAPTER = "_seektune_initial_adapter"
+
+
 class AdapterError(ValueError):
     pass
+
+
+def _mutates_base(init: str) -> bool:
+    """config.sections.mutates_base (models sits below config, so the rule is repeated here)."""
+    return init == "olora" or init.startswith("pissa")
+
+
+def _peft_init(init: str):
+    """adapter.init -> peft's init_lora_weights."""
+    return True if init == "default" else init
 
 
 @dataclass
@@ -98,8 +122,9 @@ def _kinds(model: nn.Module) -> list[str]:
         if not p.requires_grad:
             continue
         parts = n.split(".")
-        if "lora_A" in parts or "lora_B" in parts:
-            k = parts.index("lora_A") if "lora_A" in parts else parts.index("lora_B")
+        lora_part = next((x for x in ("lora_A", "lora_B", "lora_magnitude_vector") if x in parts), None)
+        if lora_part is not None:
+            k = parts.index(lora_part)
             owner = [x for x in parts[:k] if x not in ("base_layer",)]
             label = ".".join(owner[-2:]) if owner[-1] in ("experts",) or "shared_experts" in owner else owner[-1]
             if "shared_experts" in owner:
@@ -141,6 +166,16 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
     elif method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        init = getattr(adapter_cfg, "init", "default")
+        use_dora = getattr(adapter_cfg, "use_dora", False)
+        quantised = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+        if quantised:
+            from peft import prepare_model_for_kbit_training
+
+            # freezes the base and casts its non-quantised weights (norms, head) to float32; activation
+            # checkpointing stays with train.gradient_checkpointing (engine/memory.py)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
         if adapter_cfg.target_modules == "auto":
             modules, params, notes = auto_lora_targets(model, adapter_cfg.experts, adapter_cfg.train_router)
         else:
@@ -149,6 +184,15 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
                     m.split(".")[-1] in DENSE_MLP for m in modules):
                 notes.append("peft rewrites gate/up/down_proj module targets on DeepSeek into routed-expert "
                              "targets; use target_modules: auto to adapt shared experts and dense MLP too")
+        if params and use_dora:
+            raise AdapterError(f"adapter.use_dora: peft's DoRA does not work on target_parameters ({', '.join(params)} "
+                               f"on this {mtype} model); set adapter.use_dora: false, or list adapter.target_modules")
+        if params and _mutates_base(init):
+            raise AdapterError(f"adapter.init: {init} decomposes 2-D linear weights; this {mtype} model's "
+                               f"target_parameters ({', '.join(params)}) are not that; use adapter.init: default or "
+                               "gaussian, or list adapter.target_modules")
+        if quantised:
+            notes.append("base quantised by bitsandbytes (adapter.quantize_base); the adapter trains in float32")
         dropout = adapter_cfg.dropout
         if params and dropout > 0:
             notes.append(f"lora dropout {dropout} -> 0 (peft target_parameters needs dropout 0)")
@@ -159,10 +203,26 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
         try:
             lcfg = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=dropout,
                               target_modules=modules, target_parameters=params or None,
-                              task_type=_peft_task_type(task), modules_to_save=modules_to_save)
-            model = get_peft_model(model, lcfg)
+                              task_type=_peft_task_type(task), modules_to_save=modules_to_save, use_dora=use_dora,
+                              use_rslora=getattr(adapter_cfg, "use_rslora", False), init_lora_weights=_peft_init(init))
+            if _mutates_base(init):
+                # pissa_niter_K draws a random sketch: seeded here, so a resumed run rebuilds the same residual base
+                # that its checkpoint's adapter was trained on, and the run's own random stream is left as it was
+                with torch.random.fork_rng():
+                    torch.manual_seed(0)
+                    model = get_peft_model(model, lcfg)
+            else:
+                model = get_peft_model(model, lcfg)
         except ValueError as e:
             raise AdapterError(f"adapter.target_modules: LoRA cannot target {modules!r} on a {mtype} model: {e}") from None
+        if _mutates_base(init):
+            from peft import get_peft_model_state_dict
+
+            setattr(model, INITIAL_ADAPTER, {k: v.detach().to("cpu", copy=True)
+                                             for k, v in get_peft_model_state_dict(model).items()
+                                             if ".lora_A." in k or ".lora_B." in k})
+            notes.append(f"adapter.init {init}: part of every adapted weight moved into the adapter; final/ is saved "
+                         "as a plain LoRA of rank 2r that applies to the original base")
     elif method == "prefix":
         from peft import PrefixTuningConfig, get_peft_model
 
@@ -184,6 +244,51 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
         raise AdapterError("no trainable parameters after applying the adapter; check adapter.* settings")
     rep = AdapterReport(method, trainable, total, _kinds(model), notes)
     return model, rep
+
+
+def save_plain_lora(model: nn.Module, folder) -> bool:
+    """Rewrite the peft adapter saved in `folder` for the ORIGINAL base when `model` was made with a base-changing
+    init (PiSSA / OLoRA); False (and nothing done) otherwise.
+
+    At init W = W_res + s B0 A0 and the training moved the adapter to B A, so the trained model is
+    W_res + s B A = W + s (B A - B0 A0) = W + s [B | -B0] [A ; A0]: a LoRA of rank 2r with the same scale
+    (alpha doubles, or x sqrt 2 under rsLoRA). Every other saved tensor (DoRA magnitudes, modules_to_save
+    heads) stays as trained: a DoRA layer normalises W + s B'A', which is the same matrix. This is peft's
+    `save_pretrained(path_initial_model_for_weight_conversion=...)` arithmetic done on the saved files, so it
+    works the same after any distributed save, and keeps the tensors peft's conversion drops (it writes
+    only lora_A / lora_B).
+    """
+    initial = getattr(model, INITIAL_ADAPTER, None)
+    if initial is None:
+        return False
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    weights, config = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    if not weights.exists() or not config.exists():
+        raise AdapterError(f"{folder}: no adapter_model.safetensors / adapter_config.json to convert "
+                           "(adapter.init pissa/olora)")
+    state = load_file(str(weights))
+    lora_keys = [k for k in state if ".lora_A." in k or ".lora_B." in k]
+    missing = [k for k in lora_keys if k not in initial]
+    if missing:
+        raise AdapterError(f"{folder}: {len(missing)} saved LoRA tensors have no initial value to subtract "
+                           f"(e.g. {missing[0]})")
+    for k in lora_keys:
+        init = initial[k].to(state[k].dtype)
+        state[k] = torch.cat([state[k], init], 0) if ".lora_A." in k else torch.cat([state[k], -init], 1)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights), metadata={"format": "pt"})
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    cfg["r"] *= 2
+    alpha_factor = math.sqrt(2) if cfg.get("use_rslora") else 2  # rsLoRA scales by alpha / sqrt(r)
+    cfg["lora_alpha"] *= alpha_factor
+    if cfg.get("rank_pattern"):
+        cfg["rank_pattern"] = {n: 2 * v for n, v in cfg["rank_pattern"].items()}
+    if cfg.get("alpha_pattern"):
+        cfg["alpha_pattern"] = {n: alpha_factor * v for n, v in cfg["alpha_pattern"].items()}
+    cfg["init_lora_weights"] = True
+    config.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+    return True
 
 
 def load_adapter(model: nn.Module, path: str, method: str = "lora"):

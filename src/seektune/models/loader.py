@@ -83,9 +83,38 @@ def apply_dropout(cfg, dropout) -> list[str]:
     return done
 
 
+def quantize_problem(mode: str) -> str | None:
+    """Why the base cannot be loaded quantised (`adapter.quantize_base`) here; None when it can (or mode is none)."""
+    if mode == "none":
+        return None
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return (f"{mode} loads the base through bitsandbytes, which quantises on a CUDA GPU, and torch sees none "
+                "here; set adapter.quantize_base: none to train in model.dtype")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return (f"{mode} needs bitsandbytes, which is not installed (pip install bitsandbytes; not a seektune "
+                "dependency)")
+    return None
+
+
+def _quantization_config(mode: str, dtype):
+    """QLoRA's settings: 4bit = NF4 with double quantisation, computing in the model dtype; 8bit = LLM.int8."""
+    from transformers import BitsAndBytesConfig
+
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.bfloat16)
+
+
 def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2label: dict | None = None,
-               log=print, dropout=None):
-    """Return (model, tokenizer, resolved_path). The model is on CPU, in the configured dtype."""
+               log=print, dropout=None, quantize: str = "none"):
+    """Return (model, tokenizer, resolved_path). The model is on CPU, in the configured dtype; with `quantize`
+    (adapter.quantize_base: 4bit / 8bit) it is loaded quantised by bitsandbytes onto this process's GPU."""
+    problem = quantize_problem(quantize)
+    if problem:
+        raise ModelError(f"adapter.quantize_base: {problem}")
     path = resolve_model_path(model_cfg.name_or_path, log)
     if Path(path).suffix != ".gguf":
         check_folder(path, "model folder")  # transformers falls back to pytorch_model.bin when no safetensors
@@ -94,6 +123,11 @@ def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2labe
     kwargs = {"dtype": _DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if quantize != "none":
+        import os
+
+        kwargs["quantization_config"] = _quantization_config(quantize, kwargs["dtype"])
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # bitsandbytes quantises on the GPU
     p = Path(path)
     if p.suffix == ".gguf":
         kwargs["gguf_file"] = p.name

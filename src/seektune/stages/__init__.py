@@ -31,11 +31,15 @@ def run_stage(cfg, resume: bool = False, overwrite: bool = False, progress: bool
               callbacks: list | None = None, **recipe_kw) -> StageResult:
     """Train `cfg` with its stage's recipe into its run folder; returns the recipe's result."""
     from ..eval.report import write_report
+    from ..models.loader import quantize_problem
 
     for note in getattr(cfg, "notes", []):
         warn(note)
     t0 = time.time()
     mod = recipe(cfg.train.stage)
+    problem = quantize_problem(cfg.adapter.quantize_base)  # before a run folder exists: the machine cannot do it
+    if problem:
+        raise ConfigError(f"adapter.quantize_base: {problem}")
     run = RunFolder.start(cfg, resume=resume, overwrite=overwrite)
     bench = _benchmarks(cfg, run, progress)
     if bench is not None:

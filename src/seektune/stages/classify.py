@@ -154,7 +154,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     if weight is not None:
         log("class weights: " + ", ".join(f"{lab}={w:.3f}" for lab, w in zip(data.labels, weight.tolist())))
     model, tok, model_path = load_model(cfg.model, tokenizer=tok, num_labels=len(data.labels),
-                                        id2label=dict(enumerate(data.labels)), log=log, dropout=cfg.train.dropout)
+                                        id2label=dict(enumerate(data.labels)), log=log, dropout=cfg.train.dropout,
+                                        quantize=cfg.adapter.quantize_base)
     if (cfg.train.dropout is not None and cfg.train.dropout.classifier is not None
             and not isinstance(getattr(model, "dropout", None), torch.nn.Dropout)):
         warn(f"train.dropout.classifier: the {model.config.model_type} {task} head has no dropout layer; ignored")

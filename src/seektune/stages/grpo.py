@@ -155,7 +155,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     # 1. setup: model, template, prompts, rewards
     threads = configure_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout)
+    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout,
+                                        quantize=cfg.adapter.quantize_base)
     template = get_template(cfg.data.template, tok)
     data = load_prompt_data(cfg.data, cfg.train.seed)
     rejects = list(data.rejects)

@@ -36,7 +36,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     # 1. setup
     threads = configure_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout)
+    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout,
+                                        quantize=cfg.adapter.quantize_base)
     template = get_template(cfg.data.template, tok)
     train, ev, stats = load_pairs(cfg, run, tok, template, o.max_prompt_length)
     model, rep = apply_adapter(model, cfg.adapter, "causal_lm", log=log)

@@ -272,7 +272,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     # 1. setup
     threads = configure_threads(t.num_threads)
     set_seed(t.seed)
-    policy, tok, model_path = load_model(cfg.model, log=log)
+    policy, tok, model_path = load_model(cfg.model, log=log, quantize=cfg.adapter.quantize_base)
     template = get_template(cfg.data.template, tok)
     train, _, stats = load_pairs(cfg, run, tok, template, a.max_prompt_length, prompts_only=True)
     prompts = [p.prompt for p in train]

@@ -52,7 +52,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     threads = configure_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
     mcfg = cfg.model.model_copy(update={"task": "sequence_classification", "num_labels": 1})
-    model, tok, model_path = load_model(mcfg, num_labels=1, log=log, dropout=cfg.train.dropout)
+    model, tok, model_path = load_model(mcfg, num_labels=1, log=log, dropout=cfg.train.dropout,
+                                        quantize=cfg.adapter.quantize_base)
     template = get_template(cfg.data.template, tok)
     log(f"reward model: {cfg.model.name_or_path} + scalar head; template {template.name}; threads {threads}")
     train, ev, stats = load_pairs(cfg, run, tok, template, o.max_prompt_length)

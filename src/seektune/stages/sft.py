@@ -98,7 +98,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     if cfg.train.return_freed_memory and not torch.cuda.is_available():
         return_freed_memory()
     set_seed(cfg.train.seed)
-    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout)
+    model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout,
+                                        quantize=cfg.adapter.quantize_base)
     template = get_template(cfg.data.template, tok)
     log(f"model: {cfg.model.name_or_path} ({model.config.model_type}) from {model_path}; template: {template.name}; "
         f"threads: {threads}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..sections import AdapterConfig, Section
+from ..sections import AdapterConfig, Section, mutates_base
 
 
 class StageOptions(Section):
@@ -17,6 +17,16 @@ class StageOptions(Section):
     def check(self, cfg) -> list[str]:
         """Problems of the whole config for this stage, each naming its key (empty list = fine)."""
         return []
+
+
+def reference_problems(cfg, stage: str) -> list[str]:
+    """A stage whose reference is the base with the LoRA adapter disabled cannot use an adapter.init that changes
+    the base weights: with the adapter off, PiSSA / OLoRA leave the residual, not the base."""
+    if cfg.adapter.method == "lora" and mutates_base(cfg.adapter.init):
+        return [f"adapter.init: {cfg.adapter.init} moves part of every adapted weight into the adapter, and stage "
+                f"{stage} uses the base with the adapter disabled as its reference, which would then be the "
+                "residual, not the base; use adapter.init: default or gaussian"]
+    return []
 
 
 class PreferenceOptions(StageOptions):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from . import StageOptions
+from . import StageOptions, reference_problems
 
 # the reward library (eval/rewards.py) implements these names
 BUILTIN_REWARDS = ("think_format", "gsm8k_answer", "gsm8k_format", "choice_answer", "overlong_penalty",
@@ -115,4 +115,6 @@ class GRPOOptions(StageOptions):
         if cfg.train.dropout is not None and self.disable_dropout:
             errors.append("train.dropout: stage grpo switches dropout off (grpo.disable_dropout: true); set it false "
                           "to keep dropout")
+        if self.beta > 0:
+            errors += reference_problems(cfg, "grpo (beta > 0)")
         return errors

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from . import PreferenceOptions
+from . import PreferenceOptions, reference_problems
 
 
 class KTOOptions(PreferenceOptions):
@@ -20,7 +20,7 @@ class KTOOptions(PreferenceOptions):
     undesirable_weight: float = Field(1.0, gt=0, description="weight of undesirable examples")
 
     def check(self, cfg) -> list[str]:
-        errors = super().check(cfg)
+        errors = super().check(cfg) + reference_problems(cfg, "kto")
         if cfg.train.batch_size * cfg.train.grad_accum < 2:
             errors.append("train.batch_size: stage kto estimates its KL term from mismatched pairs within a batch: "
                           "use at least 2")

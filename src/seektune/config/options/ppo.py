@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from . import StageOptions
+from . import StageOptions, reference_problems
 
 
 class PPOOptions(StageOptions):
@@ -37,4 +37,4 @@ class PPOOptions(StageOptions):
         if cfg.adapter.method != "lora":
             errors.append(f"adapter.method: stage ppo uses the base with the adapter disabled as its reference: "
                           f"set adapter.method: lora (got {cfg.adapter.method})")
-        return errors
+        return errors + reference_problems(cfg, "ppo")
