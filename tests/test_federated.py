@@ -256,10 +256,44 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "seektune", *args]
 
 
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    span = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def cert(subject, issuer, key, sign_key, ca: bool, san=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(span[0]).not_valid_after(span[1])
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(sign_key, hashes.SHA256())
+
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seektune test CA")])
+    ca = cert(ca_name, ca_name, ca_key, ca_key, True)
+    srv = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name, srv_key, ca_key, False,
+               [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                               serialization.NoEncryption()))
+    return paths
+
+
 @pytest.mark.slow
 def test_deployment_server_and_clients_over_grpc(tmp_path):
-    """`seektune federate-server` and two `seektune federate-client` processes on localhost, each site with its own
-    files; one round; the server's folder holds the round, final/ and the report rows."""
+    """`seektune federate-server` and two `seektune federate-client` processes on localhost over TLS (a throwaway
+    CA), each site with its own files; one round; the server's folder holds the round, final/ and the report rows."""
     pytest.importorskip("flwr")
     import socket
 
@@ -270,13 +304,15 @@ def test_deployment_server_and_clients_over_grpc(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FLWR_TELEMETRY_ENABLED": "0"}
-    server = subprocess.Popen(_cli("federate-server", str(cfgfile), "--address", f"127.0.0.1:{port}", "--clients", "2"),
+    ca, cert, key = _tls_files(tmp_path)
+    server = subprocess.Popen(_cli("federate-server", str(cfgfile), "--address", f"127.0.0.1:{port}", "--clients", "2",
+                                   "--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     time.sleep(2)
     clients = [subprocess.Popen(_cli("federate-client", str(cfgfile), "--site", f"hospital_{i}", "--data",
                                      str(tmp_path / f"hospital_{i}.jsonl"), "--server", f"127.0.0.1:{port}",
                                      "--work-dir", str(tmp_path / f"work_{i}"), "--max-wait", "120",
-                                     "--set", "train.num_threads=1"),
+                                     "--tls-ca", str(ca), "--set", "train.num_threads=1"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
                for i in range(2)]
     try:
@@ -288,6 +324,7 @@ def test_deployment_server_and_clients_over_grpc(tmp_path):
             except subprocess.TimeoutExpired:
                 c.kill()
     assert server.returncode == 0, out[-3000:]
+    assert "(TLS)" in out and "plain gRPC" not in out
     fed = tmp_path / "fed"
     row = json.loads((fed / "rounds" / "round_001.json").read_text())
     assert row["clients"] == 2 and set(row["weights"]) == {"hospital_0", "hospital_1"}
@@ -310,3 +347,36 @@ def test_data_labels_fix_the_head_for_every_site(tmp_path):
     assert d.labels == ["neg", "neu", "pos"]
     assert [r["reason"] for r in rejects] == ["training label 'x' is not in data.labels"]
     assert d.stats["read"] == 21 == d.stats["train"] + d.stats["eval"] + d.stats["rejected"]
+
+
+def test_a_round_in_a_fresh_process_trains_what_the_client_process_would(tmp_path):
+    """federate.round_process fresh (the default) runs the recipe in a child process: the trained tensors
+    must be the ones the in-process round gives, and the child's error must surface in the client."""
+    from seektune.federated.app import load
+    from seektune.federated.client import round_config, run_isolated
+
+    cfg, raw = load(_sim_config(tmp_path), [])
+    train = _write(tmp_path / "site.jsonl", _records(16))
+    same = run_isolated(round_config(raw, str(train), None, tmp_path / "same", 1, 2), "fit", fresh=False)
+    fresh = run_isolated(round_config(raw, str(train), None, tmp_path / "fresh", 1, 2), "fit", fresh=True)
+    assert fresh["layout"] == same["layout"] and fresh["summary"]["steps"] == 2
+    for a, b in zip(fresh["arrays"], same["arrays"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert fresh["rss_gb"] > 0 and not list((tmp_path / "fresh").glob("_round_*.pkl")), "the pickles are removed"
+    with pytest.raises(RuntimeError, match="missing.jsonl"):
+        run_isolated(round_config(raw, str(tmp_path / "missing.jsonl"), None, tmp_path / "bad", 1, 2), "fit")
+
+
+def test_tls_files_are_checked_before_the_server_listens(tmp_path):
+    pytest.importorskip("flwr")
+    from seektune.federated.app import join, serve
+
+    ca, cert, key = _tls_files(tmp_path)
+    (tmp_path / "not.pem").write_text("just text\n")
+    cfgfile = _sim_config(tmp_path, rounds=1, clients=2)
+    with pytest.raises(ConfigError, match=r"--tls-cert: .*not\.pem is not a PEM file"):
+        serve(cfgfile, [], "127.0.0.1:1", 2, tls=(str(ca), str(tmp_path / "not.pem"), str(key)))
+    with pytest.raises(ConfigError, match=r"--tls-ca: file not found: .*absent\.pem"):
+        join(cfgfile, [], "a", str(_write(tmp_path / "a.jsonl", _records(4))), None, "127.0.0.1:1",
+             tls_ca=str(tmp_path / "absent.pem"))
+    assert not (tmp_path / "fed" / "rounds").exists(), "nothing started"

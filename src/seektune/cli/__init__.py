@@ -182,15 +182,22 @@ def federate_server(config: Path = typer.Argument(..., help="YAML run configurat
                                                           help="sites to wait for (default federate.clients)"),
                     set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value"),
                     resume: bool = typer.Option(False, "--resume", help="continue after the last saved round"),
-                    overwrite: bool = typer.Option(False, "--overwrite", help="start over in a folder that holds a federation")):
+                    overwrite: bool = typer.Option(False, "--overwrite", help="start over in a folder that holds a federation"),
+                    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="TLS: the CA certificate (PEM)"),
+                    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="TLS: this server's certificate (PEM)"),
+                    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="TLS: this server's private key (PEM)")):
     """The coordinating server of a real federation (Flower gRPC): waits for the sites, runs the rounds."""
     _quiet_libraries()
     from ..config import load_config
     from ..federated.app import serve
 
     try:
+        given = [x for x in (tls_ca, tls_cert, tls_key) if x is not None]
+        if given and len(given) != 3:
+            _fail("--tls-ca, --tls-cert and --tls-key go together (TLS needs all three; none = plain gRPC)")
         n = clients or load_config(config, set_ or []).federate.clients
-        s = serve(config, set_ or [], address, n, resume=resume, overwrite=overwrite)
+        s = serve(config, set_ or [], address, n, resume=resume, overwrite=overwrite,
+                  tls=(str(tls_ca), str(tls_cert), str(tls_key)) if given else None)
     except _user_errors() as e:
         _fail(str(e))
     _federation_line(s)
@@ -205,13 +212,15 @@ def federate_client(config: Path = typer.Argument(..., help="the federation's YA
                     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="where this site's round runs go "
                                                             "(default OUTPUT_DIR/sites/SITE)"),
                     max_wait: Optional[float] = typer.Option(None, "--max-wait", help="give up connecting after S seconds"),
+                    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="TLS: the CA certificate that signed "
+                                                          "the server's (PEM); without it, plain gRPC"),
                     set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value")):
     """One site of a real federation: trains on its own files whenever the server samples it."""
     _quiet_libraries()
     from ..federated.app import join
 
     try:
-        join(config, set_ or [], site, str(data), str(test) if test else None, server, work_dir, max_wait)
+        join(config, set_ or [], site, str(data), str(test) if test else None, server, work_dir, max_wait, tls_ca)
     except _user_errors() as e:
         _fail(str(e))
 

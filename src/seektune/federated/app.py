@@ -164,9 +164,20 @@ def _secagg_server_app(fed: Federation, strategy):
 
 # -- deployment ----------------------------------------------------------------------------------------
 
+def _read_pem(option: str, path: str | Path) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{option}: file not found: {p}")
+    data = p.read_bytes()
+    if b"-----BEGIN" not in data:
+        raise ConfigError(f"{option}: {p} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
 def serve(config: str | Path, overrides: list[str], address: str, clients: int, resume: bool = False,
-          overwrite: bool = False) -> dict:
-    """The server of a real deployment: waits for `clients` sites, runs the rounds, writes the run folder."""
+          overwrite: bool = False, tls: tuple[str, str, str] | None = None) -> dict:
+    """The server of a real deployment: waits for `clients` sites, runs the rounds, writes the run folder.
+    `tls` = (CA certificate, server certificate, server key) PEM files: gRPC over TLS instead of plain text."""
     _flower()
     from flwr.server import ServerConfig, start_server
 
@@ -175,20 +186,24 @@ def serve(config: str | Path, overrides: list[str], address: str, clients: int, 
     if cfg.federate.secagg is not None:
         raise ConfigError("federate.secagg: SecAgg+ runs in Flower's workflow API, which seektune uses in --simulate "
                           "only; a deployment with start_server has no secure aggregation (remove federate.secagg)")
+    certificates = None
+    if tls is not None:
+        certificates = tuple(_read_pem(o, x) for o, x in zip(("--tls-ca", "--tls-cert", "--tls-key"), tls))
     folder = open_folder(cfg, resume, overwrite)
     fed = Federation.open(cfg, folder, resume)
     if fed.remaining:
         f = cfg.federate
-        log(f"federate-server: listening on {address} for {clients} site(s); {fed.remaining} round(s) of "
-            f"{f.local_steps} local steps")
-        start_server(server_address=address, strategy=make_strategy(fed, clients),
+        log(f"federate-server: listening on {address} ({'TLS' if certificates else 'plain gRPC, no TLS'}) for "
+            f"{clients} site(s); {fed.remaining} round(s) of {f.local_steps} local steps")
+        start_server(server_address=address, strategy=make_strategy(fed, clients), certificates=certificates,
                      config=ServerConfig(num_rounds=fed.remaining, round_timeout=f.round_timeout_s))
     return finish(cfg, raw, fed, None, clients)
 
 
 def join(config: str | Path, overrides: list[str], site: str, train: str, test: str | None, server: str,
-         work_dir: str | Path | None = None, max_wait_s: float | None = None) -> None:
-    """One site of a deployment: connects to the server and trains locally whenever it is sampled."""
+         work_dir: str | Path | None = None, max_wait_s: float | None = None, tls_ca: str | Path | None = None) -> None:
+    """One site of a deployment: connects to the server and trains locally whenever it is sampled; with
+    `tls_ca` (the CA certificate that signed the server's) over TLS."""
     _flower()
     from flwr.compat.client.app import start_client
 
@@ -197,6 +212,7 @@ def join(config: str | Path, overrides: list[str], site: str, train: str, test: 
     for p in (train, test):
         if p is not None and not Path(p).exists():
             raise ConfigError(f"--data/--test: file not found: {p}")
+    root = _read_pem("--tls-ca", tls_ca) if tls_ca is not None else None
     work = Path(work_dir or Path(cfg.train.output_dir) / "sites" / site)
     log(f"federate-client {site}: {train}" + (f" (test {test})" if test else "") + f" -> {server}; runs in {work}")
     client = make_client(SiteClient(raw, site, train, test, work, cfg.train.num_threads))
@@ -204,8 +220,9 @@ def join(config: str | Path, overrides: list[str], site: str, train: str, test: 
     mods_note = " with client-side clipping" if f.dp is not None else ""
     if f.dp is not None:
         client = _clipped(client, f.dp.clipping_norm)
-    log(f"federate-client {site}: connecting{mods_note}")
-    start_client(server_address=server, client=client.to_client(), insecure=True, max_wait_time=max_wait_s)
+    log(f"federate-client {site}: connecting{mods_note} ({'TLS' if root else 'plain gRPC, no TLS'})")
+    start_client(server_address=server, client=client.to_client(), insecure=root is None, root_certificates=root,
+                 max_wait_time=max_wait_s)
 
 
 def _clipped(numpy_client, clipping_norm: float):
@@ -226,83 +243,33 @@ def _clipped(numpy_client, clipping_norm: float):
 
 def finish(cfg, raw: dict, fed: Federation, shards, n: int) -> dict:
     """final/ from the last global tensors, the pooled-test score (simulation), summary.json and the report."""
-    from ..engine.summary import evidence
     from ..eval.report import write_report
 
     arrays, last = fed.last_global()
     if arrays is None:
         raise ConfigError(f"{fed.folder}: no round completed (see the log above); nothing to save")
     site0 = next(iter(shards.sites.values())) if shards else None
+    final = _build_final(cfg, raw, fed, arrays, site0)
     details: dict = {"rounds_completed": last, "clients": n, "strategy": cfg.federate.strategy,
                      "lora_aggregation": cfg.federate.aggregation, "weighting": cfg.federate.weights}
-    final = fed.folder / "final"
-    if site0 is not None or _model_is_local(cfg):
-        train_file = site0["train"] if site0 else cfg.data.train
-        built = run_round(round_config(raw, train_file, None, fed.folder / "final_build", 0, 1), "init", arrays)
-        _save_final(built, final, fed.folder)
-        shutil.rmtree(fed.folder / "final_build", ignore_errors=True)
-    rows = fed.rows
-    ev = []
-    first, lastrow = (rows[0] if rows else {}), (rows[-1] if rows else {})
-    final_eval = _read_json(fed.folder / "final_eval.json")
-    if shards is not None and shards.pooled_test and cfg.federate.pooled_eval:
-        out = run_round(round_config(raw, site0["train"], shards.pooled_test, fed.folder / "pooled_eval", 0, 1),
-                        "evaluate", arrays)
-        pooled = out["before"].get("metrics", out["before"])
-        details["pooled_test"] = {k: v for k, v in pooled.items() if isinstance(v, (int, float))}
-        base = run_round(round_config(raw, site0["train"], shards.pooled_test, fed.folder / "pooled_eval_base", 0, 1),
-                         "evaluate", None)
-        b = base["before"].get("metrics", base["before"])
-        for k in ("eval_loss", "accuracy", "macro_f1"):
-            if isinstance(pooled.get(k), (int, float)) and isinstance(b.get(k), (int, float)):
-                ev.append(evidence(f"pooled test {k.replace('_', ' ')} (base -> federated)", round(b[k], 4),
-                                   round(pooled[k], 4), "lower" if "loss" in k else "higher",
-                                   shards.report["sites"] and sum(s["test"] for s in shards.report["sites"].values()),
-                                   key=f"pooled/{k}"))
+    ev = _score_pooled(cfg, raw, fed, arrays, shards, details) if shards is not None else []
     if cfg.federate.dp is not None:
-        eps = epsilon(cfg.federate.dp.noise_multiplier, last, cfg.federate.dp.delta)
-        details["dp"] = {"epsilon": round(eps, 3), "delta": cfg.federate.dp.delta, "rounds": last,
-                         "noise_multiplier": cfg.federate.dp.noise_multiplier,
-                         "clipping_norm": cfg.federate.dp.clipping_norm,
-                         "accountant": "RDP of the Gaussian mechanism, no sampling amplification"}
-        log(f"federate: differential privacy (epsilon {eps:.2f}, delta {cfg.federate.dp.delta}) after {last} rounds")
+        details["dp"] = _dp_details(cfg, last)
+    rows = fed.rows
     details["bytes_up_total"] = int(sum(r.get("bytes_up", 0) for r in rows))
-    details["bytes_per_round_up"] = int(lastrow.get("bytes_up", 0))
+    details["bytes_per_round_up"] = int((rows[-1] if rows else {}).get("bytes_up", 0))
     details["dropped"] = {str(r["round"]): r["dropped"] for r in rows if r.get("dropped")}
-    details["final_eval"] = final_eval
+    details["final_eval"] = _read_json(fed.folder / "final_eval.json")
     if shards is not None:
         details["split"] = shards.report
-    sites = sorted({k.split("/")[0] for r in rows for k in r if "/" in k and not k.startswith(("mean/", "final/"))})
-    keys = sorted({k for r in rows for k in r if k.startswith("mean/")})
-    curves = [{"title": "Global model on each site's test set (start of each round)",
-               "keys": [f"{s}/global_eval_loss" for s in sites] + ["mean/global_eval_loss"]},
-              {"title": "After local training, per site", "keys": [f"{s}/local_eval_loss" for s in sites]},
-              {"title": "Mean client metrics per round", "keys": keys},
-              {"title": "LoRA aggregation error (relative to the mean update)",
-               "keys": ["lora_error_product", "lora_error_separate"]}]
-    for k in ("global_eval_loss", "global_accuracy"):
-        if f"mean/{k}" in first and f"mean/{k}" in lastrow and len(rows) > 1:
-            ev.append(evidence(f"mean {k.replace('_', ' ')} over sites (round 1 -> round {lastrow['round']})",
-                               round(first[f"mean/{k}"], 4), round(lastrow[f"mean/{k}"], 4),
-                               "lower" if "loss" in k else "higher", lastrow.get("clients"), key=f"mean/{k}"))
-    f = cfg.federate
+    ev += _round_evidence(rows)
     lay = fed.layout or {}
     trainable = int(sum(int(np.prod(sh)) for sh in lay.get("shapes", [])))
-    config_rows = [["federation", f"{last} of {f.rounds} rounds x {f.local_steps} local steps (train.max_steps of "
-                    f"each client round), {n} clients, sample fraction {f.sample_fraction}, {f.strategy}"
-                    + (f" (mu {f.proximal_mu})" if f.strategy == "fedprox" else "")],
-                   ["aggregation", f"LoRA {f.aggregation}, weights {f.weights}"
-                    + (f", DP noise {f.dp.noise_multiplier} clip {f.dp.clipping_norm}" if f.dp else "")
-                    + (", SecAgg+" if f.secagg else "")],
-                   ["travelling tensors", f"{len(lay.get('names', []))} ({trainable:,} values, "
-                    f"{details['bytes_per_round_up'] / 1e6:.2f} MB up in the last round)"],
-                   ["eval data", "each site's own test file; pooled test = their union (simulation)"]]
-    if f.dp is not None:
-        config_rows.append(["differential privacy", f"epsilon {details['dp']['epsilon']} at delta {f.dp.delta}"])
-    summary = {"stage": f"federate ({cfg.train.stage})", "config_rows": config_rows, "trainable_params": trainable, "status": "complete" if last >= cfg.federate.rounds else
-               "incomplete", "model": cfg.model.name_or_path, "adapter": cfg.adapter.method,
+    summary = {"stage": f"federate ({cfg.train.stage})", "config_rows": _config_rows(cfg, last, n, lay, details),
+               "trainable_params": trainable, "status": "complete" if last >= cfg.federate.rounds else "incomplete",
+               "model": cfg.model.name_or_path, "adapter": cfg.adapter.method,
                "steps": last, "train_seconds": round(time.time() - fed.started, 1),
-               "evidence": ev, "curves": curves, "final": str(final) if final.exists() else None,
+               "evidence": ev, "curves": _curves(rows), "final": str(final) if final.exists() else None,
                "data": {"accounting": (shards.report and _accounting(shards.report)) if shards else "site files"},
                "details": details, "warnings": []}
     (fed.folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
@@ -312,6 +279,89 @@ def finish(cfg, raw: dict, fed: Federation, shards, n: int) -> dict:
     log(f"federate: {last} round(s) done; global model in {final if final.exists() else '(not built)'}; "
         f"rounds in {fed.folder / 'rounds'}")
     return summary
+
+
+def _build_final(cfg, raw: dict, fed: Federation, arrays, site0: dict | None) -> Path:
+    """final/: the stage's model with the last global tensors, saved as a run's final folder (peft adapter or
+    full model), so eval/export/serve take the federation folder. Needs a local training file to build from."""
+    final = fed.folder / "final"
+    if site0 is not None or _model_is_local(cfg):
+        train_file = site0["train"] if site0 else cfg.data.train
+        built = run_round(round_config(raw, train_file, None, fed.folder / "final_build", 0, 1), "init", arrays)
+        _save_final(built, final, fed.folder)
+        shutil.rmtree(fed.folder / "final_build", ignore_errors=True)
+    return final
+
+
+def _score_pooled(cfg, raw: dict, fed: Federation, arrays, shards, details: dict) -> list:
+    """Simulation: the final global model and the base model on the union of the sites' tests (evidence rows)."""
+    from ..engine.summary import evidence
+
+    if not (shards.pooled_test and cfg.federate.pooled_eval):
+        return []
+    site0 = next(iter(shards.sites.values()))
+    scores = {}
+    for name, tensors in (("pooled_eval", arrays), ("pooled_eval_base", None)):
+        out = run_round(round_config(raw, site0["train"], shards.pooled_test, fed.folder / name, 0, 1),
+                        "evaluate", tensors)
+        scores[name] = out["before"].get("metrics", out["before"])
+    pooled, base = scores["pooled_eval"], scores["pooled_eval_base"]
+    details["pooled_test"] = {k: v for k, v in pooled.items() if isinstance(v, (int, float))}
+    n_test = sum(s["test"] for s in shards.report["sites"].values()) if shards.report.get("sites") else None
+    return [evidence(f"pooled test {k.replace('_', ' ')} (base -> federated)", round(base[k], 4), round(pooled[k], 4),
+                     "lower" if "loss" in k else "higher", n_test, key=f"pooled/{k}")
+            for k in ("eval_loss", "accuracy", "macro_f1")
+            if isinstance(pooled.get(k), (int, float)) and isinstance(base.get(k), (int, float))]
+
+
+def _dp_details(cfg, rounds: int) -> dict:
+    dp = cfg.federate.dp
+    eps = epsilon(dp.noise_multiplier, rounds, dp.delta)
+    log(f"federate: differential privacy (epsilon {eps:.2f}, delta {dp.delta}) after {rounds} rounds")
+    return {"epsilon": round(eps, 3), "delta": dp.delta, "rounds": rounds, "noise_multiplier": dp.noise_multiplier,
+            "clipping_norm": dp.clipping_norm, "accountant": "RDP of the Gaussian mechanism, no sampling amplification"}
+
+
+def _round_evidence(rows: list[dict]) -> list:
+    """Mean metric of the incoming global model over the sites, first round -> last round."""
+    from ..engine.summary import evidence
+
+    if len(rows) < 2:
+        return []
+    first, last = rows[0], rows[-1]
+    return [evidence(f"mean {k.replace('_', ' ')} over sites (round 1 -> round {last['round']})",
+                     round(first[f"mean/{k}"], 4), round(last[f"mean/{k}"], 4), "lower" if "loss" in k else "higher",
+                     last.get("clients"), key=f"mean/{k}")
+            for k in ("global_eval_loss", "global_accuracy") if f"mean/{k}" in first and f"mean/{k}" in last]
+
+
+def _curves(rows: list[dict]) -> list[dict]:
+    sites = sorted({k.split("/")[0] for r in rows for k in r if "/" in k and not k.startswith(("mean/", "final/"))})
+    keys = sorted({k for r in rows for k in r if k.startswith("mean/")})
+    return [{"title": "Global model on each site's test set (start of each round)",
+             "keys": [f"{s}/global_eval_loss" for s in sites] + ["mean/global_eval_loss"]},
+            {"title": "After local training, per site", "keys": [f"{s}/local_eval_loss" for s in sites]},
+            {"title": "Mean client metrics per round", "keys": keys},
+            {"title": "LoRA aggregation error (relative to the mean update)",
+             "keys": ["lora_error_product", "lora_error_separate"]}]
+
+
+def _config_rows(cfg, last: int, n: int, lay: dict, details: dict) -> list[list[str]]:
+    """The report's "what ran" rows of a federation."""
+    f = cfg.federate
+    trainable = int(sum(int(np.prod(sh)) for sh in lay.get("shapes", [])))
+    rows = [["federation", f"{last} of {f.rounds} rounds x {f.local_steps} local steps (train.max_steps of "
+             f"each client round), {n} clients, sample fraction {f.sample_fraction}, {f.strategy}"
+             + (f" (mu {f.proximal_mu})" if f.strategy == "fedprox" else "")],
+            ["aggregation", f"LoRA {f.aggregation}, weights {f.weights}"
+             + (f", DP noise {f.dp.noise_multiplier} clip {f.dp.clipping_norm}" if f.dp else "")
+             + (", SecAgg+" if f.secagg else "")],
+            ["travelling tensors", f"{len(lay.get('names', []))} ({trainable:,} values, "
+             f"{details['bytes_per_round_up'] / 1e6:.2f} MB up in the last round)"],
+            ["eval data", "each site's own test file; pooled test = their union (simulation)"]]
+    if f.dp is not None:
+        rows.append(["differential privacy", f"epsilon {details['dp']['epsilon']} at delta {f.dp.delta}"])
+    return rows
 
 
 def _accounting(rep: dict) -> str:
