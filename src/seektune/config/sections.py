@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..models.lora_init import mutates_base
+
 
 class ConfigError(ValueError):
     """A configuration problem, already phrased for the user (names the key and the file)."""
@@ -35,12 +37,6 @@ class ModelConfig(Section):
 
 # the adapter keys only LoRA reads (refused, by name, for full / freeze / prefix)
 LORA_ONLY_KEYS = ("use_dora", "use_rslora", "init", "loraplus_lr_ratio", "quantize_base")
-
-
-def mutates_base(init: str) -> bool:
-    """Whether this adapter.init changes the base weights when the adapter is created: PiSSA (any form) moves the
-    top-r singular part of each weight into the adapter, OLoRA the first r columns of its QR decomposition."""
-    return init == "olora" or init.startswith("pissa")
 
 
 class AdapterConfig(Section):

@@ -123,7 +123,7 @@ class SeekTrainerMixin:
         if self.optimizer is None and self.st_cfg is not None:
             t = self.st_cfg.train
             groups = build_param_groups(self.model, t.lr, t.weight_decay, t.layerwise_lr,
-                                        lora_b_ratio=getattr(self.st_cfg.adapter, "loraplus_lr_ratio", None))
+                                        lora_b_ratio=self.st_cfg.adapter.loraplus_lr_ratio)
             self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
                                                eps=self.args.adam_epsilon)
         opt = super().create_optimizer(*a, **kw) if self.optimizer is None else self.optimizer

@@ -252,7 +252,7 @@ def finish(cfg, raw: dict, fed: Federation, shards, n: int) -> dict:
     final = _build_final(cfg, raw, fed, arrays, site0)
     details: dict = {"rounds_completed": last, "clients": n, "strategy": cfg.federate.strategy,
                      "lora_aggregation": cfg.federate.aggregation, "weighting": cfg.federate.weights}
-    ev = _score_pooled(cfg, raw, fed, arrays, shards, details) if shards is not None else []
+    ev = _score_pooled(cfg, raw, fed, arrays, shards, site0, details) if shards is not None else []
     if cfg.federate.dp is not None:
         details["dp"] = _dp_details(cfg, last)
     rows = fed.rows
@@ -265,7 +265,7 @@ def finish(cfg, raw: dict, fed: Federation, shards, n: int) -> dict:
     ev += _round_evidence(rows)
     lay = fed.layout or {}
     trainable = int(sum(int(np.prod(sh)) for sh in lay.get("shapes", [])))
-    summary = {"stage": f"federate ({cfg.train.stage})", "config_rows": _config_rows(cfg, last, n, lay, details),
+    summary = {"stage": f"federate ({cfg.train.stage})", "config_rows": _config_rows(cfg, last, n, lay, trainable, details),
                "trainable_params": trainable, "status": "complete" if last >= cfg.federate.rounds else "incomplete",
                "model": cfg.model.name_or_path, "adapter": cfg.adapter.method,
                "steps": last, "train_seconds": round(time.time() - fed.started, 1),
@@ -293,13 +293,12 @@ def _build_final(cfg, raw: dict, fed: Federation, arrays, site0: dict | None) ->
     return final
 
 
-def _score_pooled(cfg, raw: dict, fed: Federation, arrays, shards, details: dict) -> list:
+def _score_pooled(cfg, raw: dict, fed: Federation, arrays, shards, site0: dict, details: dict) -> list:
     """Simulation: the final global model and the base model on the union of the sites' tests (evidence rows)."""
     from ..engine.summary import evidence
 
     if not (shards.pooled_test and cfg.federate.pooled_eval):
         return []
-    site0 = next(iter(shards.sites.values()))
     scores = {}
     for name, tensors in (("pooled_eval", arrays), ("pooled_eval_base", None)):
         out = run_round(round_config(raw, site0["train"], shards.pooled_test, fed.folder / name, 0, 1),
@@ -346,10 +345,9 @@ def _curves(rows: list[dict]) -> list[dict]:
              "keys": ["lora_error_product", "lora_error_separate"]}]
 
 
-def _config_rows(cfg, last: int, n: int, lay: dict, details: dict) -> list[list[str]]:
+def _config_rows(cfg, last: int, n: int, lay: dict, trainable: int, details: dict) -> list[list[str]]:
     """The report's "what ran" rows of a federation."""
     f = cfg.federate
-    trainable = int(sum(int(np.prod(sh)) for sh in lay.get("shapes", [])))
     rows = [["federation", f"{last} of {f.rounds} rounds x {f.local_steps} local steps (train.max_steps of "
              f"each client round), {n} clients, sample fraction {f.sample_fraction}, {f.strategy}"
              + (f" (mu {f.proximal_mu})" if f.strategy == "fedprox" else "")],

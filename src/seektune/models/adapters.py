@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .lora_init import mutates_base, peft_init
+
 
 MLA_ATTN = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
 DENSE_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -39,16 +41,6 @@ INITIAL_ADAPTER = "_seektune_initial_adapter"
 
 class AdapterError(ValueError):
     pass
-
-
-def _mutates_base(init: str) -> bool:
-    """config.sections.mutates_base (models sits below config, so the rule is repeated here)."""
-    return init == "olora" or init.startswith("pissa")
-
-
-def _peft_init(init: str):
-    """adapter.init -> peft's init_lora_weights."""
-    return True if init == "default" else init
 
 
 @dataclass
@@ -166,8 +158,7 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
     elif method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        init = getattr(adapter_cfg, "init", "default")
-        use_dora = getattr(adapter_cfg, "use_dora", False)
+        init, use_dora = adapter_cfg.init, adapter_cfg.use_dora
         quantised = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
         if quantised:
             from peft import prepare_model_for_kbit_training
@@ -187,7 +178,7 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
         if params and use_dora:
             raise AdapterError(f"adapter.use_dora: peft's DoRA does not work on target_parameters ({', '.join(params)} "
                                f"on this {mtype} model); set adapter.use_dora: false, or list adapter.target_modules")
-        if params and _mutates_base(init):
+        if params and mutates_base(init):
             raise AdapterError(f"adapter.init: {init} decomposes 2-D linear weights; this {mtype} model's "
                                f"target_parameters ({', '.join(params)}) are not that; use adapter.init: default or "
                                "gaussian, or list adapter.target_modules")
@@ -204,8 +195,8 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
             lcfg = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=dropout,
                               target_modules=modules, target_parameters=params or None,
                               task_type=_peft_task_type(task), modules_to_save=modules_to_save, use_dora=use_dora,
-                              use_rslora=getattr(adapter_cfg, "use_rslora", False), init_lora_weights=_peft_init(init))
-            if _mutates_base(init):
+                              use_rslora=adapter_cfg.use_rslora, init_lora_weights=peft_init(init))
+            if mutates_base(init):
                 # pissa_niter_K draws a random sketch: seeded here, so a resumed run rebuilds the same residual base
                 # that its checkpoint's adapter was trained on, and the run's own random stream is left as it was
                 with torch.random.fork_rng():
@@ -215,7 +206,7 @@ def apply_adapter(model: nn.Module, adapter_cfg, task: str, log=print):
                 model = get_peft_model(model, lcfg)
         except ValueError as e:
             raise AdapterError(f"adapter.target_modules: LoRA cannot target {modules!r} on a {mtype} model: {e}") from None
-        if _mutates_base(init):
+        if mutates_base(init):
             from peft import get_peft_model_state_dict
 
             setattr(model, INITIAL_ADAPTER, {k: v.detach().to("cpu", copy=True)

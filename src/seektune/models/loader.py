@@ -111,10 +111,8 @@ def _quantization_config(mode: str, dtype):
 def load_model(model_cfg, tokenizer=None, num_labels: int | None = None, id2label: dict | None = None,
                log=print, dropout=None, quantize: str = "none"):
     """Return (model, tokenizer, resolved_path). The model is on CPU, in the configured dtype; with `quantize`
-    (adapter.quantize_base: 4bit / 8bit) it is loaded quantised by bitsandbytes onto this process's GPU."""
-    problem = quantize_problem(quantize)
-    if problem:
-        raise ModelError(f"adapter.quantize_base: {problem}")
+    (adapter.quantize_base: 4bit / 8bit) it is loaded quantised by bitsandbytes onto this process's GPU
+    (stages.run_stage has checked, with quantize_problem, that this machine can, before the run folder exists)."""
     path = resolve_model_path(model_cfg.name_or_path, log)
     if Path(path).suffix != ".gguf":
         check_folder(path, "model folder")  # transformers falls back to pytorch_model.bin when no safetensors

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..sections import AdapterConfig, Section, mutates_base
+from ...models.lora_init import mutates_base
+from ..sections import AdapterConfig, Section
 
 
 class StageOptions(Section):
