@@ -160,7 +160,7 @@ def _failing(site: str, rnd: int) -> bool:
 
 
 def round_outcome(cfg, mode: str, arrays=None, mu: float = 0.0) -> dict:
-    """run_round reduced to what leaves a round (picklable, no model object): the trained tensors and their
+    """run_round reduced to what leaves a round (plain data: JSON and ndarrays, no model object): the trained tensors and their
     layout (init, fit), the recipe's summary and its "before" evaluation, seconds and the process's RSS."""
     out = run_round(cfg, mode, arrays, mu)
     model = out.pop("model", None)
@@ -182,34 +182,38 @@ def _rss_gb() -> float:
 
 
 def run_isolated(cfg, mode: str, arrays=None, mu: float = 0.0, fresh: bool = True) -> dict:
-    """round_outcome, in a new Python process when `fresh` (the pickles live in the round's own folder and are
-    removed afterwards); an error in the child is raised here with the child's traceback."""
+    """round_outcome, in a new Python process when `fresh` (the config goes as YAML, tensors as npz, in the
+    round's own folder, removed afterwards); an error in the child is raised here with the child's traceback."""
     if not fresh:
         return round_outcome(cfg, mode, arrays, mu)
-    import pickle
     import subprocess
     import sys
 
+    from .worker import read_round, write_round
+
     folder = Path(cfg.train.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    src, dst = folder / "_round_in.pkl", folder / "_round_out.pkl"
-    dst.unlink(missing_ok=True)
-    with open(src, "wb") as fh:
-        pickle.dump((cfg, mode, arrays, mu), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    src, dst = folder / "_round_in.json", folder / "_round_out.json"
+    temp = [src, src.with_suffix(".npz"), dst, dst.with_suffix(".npz")]
+    for p in temp[2:]:
+        p.unlink(missing_ok=True)
+    write_round(src, {"config": cfg.to_yaml(), "mode": mode, "mu": float(mu)}, arrays)
     try:
         proc = subprocess.run([sys.executable, "-m", "seektune.federated.worker", str(src), str(dst)],
                               stdin=subprocess.DEVNULL)
         if not dst.exists():
             raise RuntimeError(f"client round process ({mode}, {folder}) ended with exit status {proc.returncode} "
                                "and no result (killed? out of memory?)")
-        with open(dst, "rb") as fh:
-            result = pickle.load(fh)
+        result, out_arrays = read_round(dst)
     finally:
-        src.unlink(missing_ok=True)
-        dst.unlink(missing_ok=True)
+        for p in temp:
+            p.unlink(missing_ok=True)
     if "error" in result:
         raise RuntimeError(f"client round ({mode}, {folder}) failed: {result['error']}\n{result['traceback']}")
-    return result["ok"]
+    res = result["ok"]
+    if out_arrays is not None:
+        res["arrays"] = out_arrays
+    return res
 
 
 class SiteClient:

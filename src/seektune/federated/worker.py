@@ -1,8 +1,10 @@
 """One client round in a fresh Python process (`federate.round_process: fresh`).
 
-    python -m seektune.federated.worker IN.pkl OUT.pkl
+    python -m seektune.federated.worker IN.json OUT.json
 
-IN holds (config, mode, global arrays, mu); OUT gets what `client.round_outcome` returns, or the error.
+IN.json holds the round's config (as the YAML a run folder saves), the mode and mu; IN.npz beside it the
+global tensors. OUT.json gets what `client.round_outcome` returns, or the error, and OUT.npz its tensors.
+JSON and allow_pickle=False npz, never pickle: nothing read back can run code.
 A site process that ran round after round in one interpreter grew ~1 GB of RSS per SmolLM2 round with no
 model object alive (after gc and malloc_trim): what torch, tokenizers and the allocator keep is only given
 back when the process ends, so each round gets its own process and the client process stays small.
@@ -10,23 +12,51 @@ back when the process ends, so each round gets its own process and the client pr
 
 from __future__ import annotations
 
-import pickle
+import json
 import sys
 import traceback
+from pathlib import Path
+
+
+def write_round(path: Path, meta: dict, arrays) -> None:
+    """meta as JSON at `path`, arrays (a list of ndarrays, or None) as an npz beside it."""
+    import numpy as np
+
+    meta = dict(meta, n_arrays=None if arrays is None else len(arrays))
+    if arrays is not None:
+        with open(path.with_suffix(".npz"), "wb") as fh:
+            np.savez(fh, *[np.asarray(a) for a in arrays])
+    path.write_text(json.dumps(meta, default=str), encoding="utf-8")
+
+
+def read_round(path: Path) -> tuple[dict, list | None]:
+    import numpy as np
+
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    n = meta.pop("n_arrays", None)
+    if n is None:
+        return meta, None
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+        return meta, [z[f"arr_{i}"] for i in range(n)]
 
 
 def main(argv: list[str]) -> int:
-    src, dst = argv
-    with open(src, "rb") as fh:
-        cfg, mode, arrays, mu = pickle.load(fh)
+    src, dst = (Path(a) for a in argv)
+    meta, arrays = read_round(src)
+    out_arrays = None
     try:
+        import yaml
+
+        from ..config.load import validate_config
         from .client import round_outcome
 
-        result = {"ok": round_outcome(cfg, mode, arrays, mu)}
+        cfg = validate_config(yaml.safe_load(meta["config"]), f"federated round ({src})")
+        res = round_outcome(cfg, meta["mode"], arrays, float(meta["mu"]))
+        out_arrays = res.pop("arrays", None)
+        result = {"ok": res}
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it for Flower
         result = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    with open(dst, "wb") as fh:
-        pickle.dump(result, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    write_round(dst, result, out_arrays)
     return 0 if "ok" in result else 1
 
 
