@@ -189,7 +189,7 @@ def run_isolated(cfg, mode: str, arrays=None, mu: float = 0.0, fresh: bool = Tru
     import subprocess
     import sys
 
-    from .worker import read_round, write_round
+    from .roundfiles import read_round, write_round
 
     folder = Path(cfg.train.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
