@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-long bench lint clean gguf-tools
+.PHONY: venv demo test test-long bench lint clean gguf-tools llama-cpp
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml requirements.lock
 gguf-tools: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,federated,gguf]'
 	$(PY) -m seektune.export.gguf.tools --if-missing
+
+# llama.cpp itself (issue 19): llama-cpp-python built from the same pinned sdist (gcc + cmake, about 4 min on
+# 2 cores; CMAKE_ARGS passes llama.cpp build options). The export then checks GGUFs with llama.cpp (DeepSeek's
+# deepseek2 included), writes k-quants (q4_k_m, ...) and measures GGUF perplexity.
+llama-cpp: gguf-tools
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-$$(nproc)} $(PY) -m pip install -q --disable-pip-version-check -c requirements.lock llama-cpp-python==0.3.36
 
 demo: $(STAMP)
 	$(VENV)/bin/seektune demo

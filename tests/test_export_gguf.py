@@ -14,7 +14,7 @@ from deploy_fixtures import make_lora_run
 from deploy_fixtures import one_torch_thread  # noqa: F401  (autouse)
 from seektune.data.templates import BUILTIN
 from seektune.export.errors import ExportError
-from seektune.export.gguf import tools
+from seektune.export.gguf import llamacpp, tools
 from seektune.export.gguf.gotemplate import GoTemplateError, render
 from seektune.export.gguf.modelfile import (PROBE_CONVERSATIONS, REASONING_CONVERSATION, build_modelfile,
                                            parse_template, render_ollama)
@@ -30,6 +30,8 @@ except tools.ToolsMissing as e:
 long_only = pytest.mark.skipif(os.environ.get("SEEKTUNE_LONG") != "1",
                                reason="long form only (SEEKTUNE_LONG=1); the short form is test_tiny_llama_lora_run_to_f16_...")
 needs_converter = pytest.mark.skipif(NO_CONVERTER is not None, reason=f"{NO_CONVERTER}")
+NO_LLAMA_CPP = llamacpp.missing()
+needs_llama_cpp = pytest.mark.skipif(NO_LLAMA_CPP is not None, reason=f"{NO_LLAMA_CPP}")
 
 SMOLLM2_TEMPLATE = (  # SmolLM2-Instruct's own chat template: ChatML with a default system prompt
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
@@ -97,8 +99,17 @@ def test_quant_needs_format_gguf_and_q4_k_m_names_the_quantizer(tmp_path):
     with pytest.raises(ConfigError, match="--format gguf"):
         deploy_settings("tiny-qwen2", None, gguf_quant="q8_0")
     assert deploy_settings("tiny-qwen2", None, export_format="gguf", gguf_quant="q8_0").gguf_quant == "q8_0"
-    with pytest.raises(ExportError, match="llama-quantize"):
+    with pytest.raises(ExportError, match="must be one of"):
+        export_gguf("tiny-qwen2", tmp_path / "o", "q9_z")
+
+
+def test_k_quants_without_llama_cpp_name_the_build_step(tmp_path, monkeypatch):
+    from seektune.export.gguf.pipeline import export_gguf
+
+    monkeypatch.setattr(llamacpp, "missing", lambda: "llama-cpp-python is not installed; " + llamacpp.INSTALL)
+    with pytest.raises(ExportError, match="make llama-cpp"):
         export_gguf("tiny-qwen2", tmp_path / "o", "q4_k_m")
+    assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
 def test_missing_tools_name_the_install_step(tmp_path, monkeypatch):
@@ -163,7 +174,8 @@ def test_tiny_llama_lora_run_to_f16_gguf_agrees_and_gets_a_modelfile(tiny_llama_
     rep = export_gguf(tiny_llama_run, out, "f16")
     chk = rep["check"]
     assert rep["passed"] and chk["architecture"] == "llama" and chk["pre_ok"] is not False, chk
-    assert chk["logits"]["top1_agreement"] == 1.0 and chk["logits"]["max_abs_diff"] < 2e-2 * max(1, chk["logits"]["max_abs_logit"])
+    assert chk["decisive_flips"] == 0 and chk["logits"]["top1_agreement"] >= 0.95
+    assert chk["logits"]["max_abs_diff"] < 2e-2 * max(1, chk["logits"]["max_abs_logit"])
     assert chk["greedy_same"] == chk["greedy_prompts"] == 3 and chk["token_ids_same"]
     assert (out / rep["gguf"]).exists() and rep["hf_export"]["passed"]
     mf = (out / "Modelfile").read_text()
@@ -172,6 +184,46 @@ def test_tiny_llama_lora_run_to_f16_gguf_agrees_and_gets_a_modelfile(tiny_llama_
     go = parse_template(mf)
     for conv in PROBE_CONVERSATIONS:
         assert render_ollama(go, conv) == tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    # the check can fail: the same GGUF against a model whose output layer moved
+    from transformers import AutoModelForCausalLM
+
+    from seektune.export.gguf.check import check_gguf
+    from seektune.export.merge import verify_prompts
+
+    moved = AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        moved.model.norm.weight.mul_(3.0)
+    bad = check_gguf(out / rep["gguf"], "f16", moved, tok, verify_prompts(tok, "auto"), out / "hf")
+    assert not bad.passed and not bad.logits["passed"] and bad.engine == chk["engine"]
+
+
+@needs_converter
+@needs_llama_cpp
+@pytest.mark.slow
+def test_cli_q4_k_m_is_written_by_llama_cpp_with_an_f16_reference_and_a_perplexity_table(tiny_llama_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from seektune.cli import app
+
+    data = tmp_path / "held_out.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Question {i}: what helps a sore throat?",
+                                        "output": f"Rest, fluids and warm drinks; see a doctor if it lasts {i} days."})
+                            + "\n" for i in range(6)), encoding="utf-8")
+    out = tmp_path / "q4"
+    res = CliRunner().invoke(app, ["export", str(tiny_llama_run), "--out", str(out), "--format", "gguf",
+                                   "--quant", "q4_k_m", "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    rep = _report(out)
+    assert rep["quant"] == "q4_k_m" and (out / rep["gguf"]).exists() and (out / rep["f16_reference"]).exists()
+    assert (out / rep["quantize"]["log"]).exists()
+    assert rep["size_bytes"] < (out / rep["f16_reference"]).stat().st_size
+    types = rep["check"]["tensor_types"]
+    assert any(t.startswith("Q") for t in types) and rep["check"]["engine"].startswith("llama.cpp"), types
+    rows = rep["perplexity"]["rows"]
+    assert [r["variant"].split()[1] for r in rows[1:]] == ["f16", "q4_k_m"] and rep["perplexity"]["texts"] == 6
+    hf_ppl, f16_ppl, q_ppl = (r["ppl"] for r in rows)
+    assert abs(f16_ppl / hf_ppl - 1) < 0.01 and q_ppl > 0  # llama.cpp's f16 scores the text as transformers' fp32 does
+    assert "perplexity" in res.output and "q4_k_m" in res.output
 
 
 @needs_converter
@@ -196,7 +248,6 @@ def test_tiny_qwen2_lora_run_to_q8_0_gguf_tracks_the_merged_model(tmp_path):
 
 @needs_converter
 @pytest.mark.slow
-@long_only
 def test_tiny_deepseek_v3_converts_to_deepseek2_with_mla_and_moe_tensors(tmp_path):
     from gguf import GGUFReader
 
@@ -204,7 +255,12 @@ def test_tiny_deepseek_v3_converts_to_deepseek2_with_mla_and_moe_tensors(tmp_pat
 
     rep = export_gguf("tiny-deepseek-v3", tmp_path / "gguf", "f16")
     chk = rep["check"]
-    assert chk["architecture"] == "deepseek2" and "llama.cpp" in chk["skipped"] and chk["logits"] is None
+    assert chk["architecture"] == "deepseek2"
+    if NO_LLAMA_CPP:  # transformers cannot load deepseek2 GGUFs: the logits check needs llama.cpp
+        assert "make llama-cpp" in chk["skipped"] and chk["logits"] is None
+    else:  # MLA + MoE computed by llama.cpp agree with the merged model (measured: 0.0092 of 0.02)
+        assert rep["passed"] and chk["logits"]["passed"] and chk["decisive_flips"] == 0 and chk["token_ids_same"], chk
+        assert chk["engine"].startswith("llama.cpp")
     assert chk["pre"] == "joyai-llm" and chk["pre_ok"]  # the hash names JoyAI; llama.cpp splits it as deepseek-v3
     names = {t.name for t in GGUFReader(str(tmp_path / "gguf" / rep["gguf"])).tensors}
     attn = ["attn_norm", "attn_q_a", "attn_q_a_norm", "attn_q_b", "attn_kv_a_mqa", "attn_kv_a_norm", "attn_k_b",

@@ -364,9 +364,12 @@ def test_export_page_gguf_refuses_ignored_options_and_names_the_missing_tools(ws
     md, _ = export.export(ctx, "runs/r", "exports/r", "fp32", False, True, False, "gguf", "q8_0",
                           progress=lambda *a, **k: None)
     assert "make gguf-tools" in md, md
+    from seektune.export.gguf import llamacpp
+
+    monkeypatch.setattr(llamacpp, "missing", lambda: "llama-cpp-python is not installed; " + llamacpp.INSTALL)
     md, _ = export.export(ctx, "runs/r", "exports/r", "fp32", False, True, False, "gguf", "q4_k_m",
                           progress=lambda *a, **k: None)
-    assert "llama-quantize" in md, md
+    assert "make llama-cpp" in md, md
 
 
 def test_export_page_gguf_summary_shows_agreement_tokenizer_and_the_ollama_command(ws):

@@ -408,7 +408,7 @@ def export(run: str = typer.Argument(..., help="run folder, adapter folder, mode
            format_: Optional[str] = typer.Option(None, "--format", help="hf (default) | gguf: also a llama.cpp GGUF "
                                                  "+ Ollama Modelfile, checked against the merged model (make gguf-tools)"),
            quant: Optional[str] = typer.Option(None, "--quant", help="GGUF weights with --format gguf: f16 (default) "
-                                               "| bf16 | q8_0 | f32 (q4_k_m needs llama.cpp built)"),
+                                               "| bf16 | q8_0 | f32 | q4_k_m, q5_k_m, q6_k, ... (llama.cpp's quantizer: make llama-cpp)"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
            config: Optional[Path] = _DEPLOY_CONFIG):
     """Merge LoRA into the base and save safetensors + tokenizer + chat template (plain transformers loads it);

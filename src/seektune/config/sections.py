@@ -458,8 +458,10 @@ class DeployConfig(Section):
     verify: bool = Field(True, description="reload the export and compare logits with the adapter model")
     export_format: Literal["hf", "gguf"] = Field(
         "hf", description="hf: safetensors folder; gguf: also a llama.cpp GGUF + Ollama Modelfile (make gguf-tools)")
-    gguf_quant: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m"] | None = Field(
-        None, description="GGUF weights (export_format gguf only; default f16); q4_k_m needs llama.cpp built")
+    gguf_quant: Literal["f32", "f16", "bf16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q3_k_m", "q2_k",
+                        "q4_0"] | None = Field(
+        None, description="GGUF weights (export_format gguf only; default f16); the k-quants and q4_0 are written "
+                          "by llama.cpp's quantizer from the f16 GGUF (make llama-cpp)")
     prune_heads: float = Field(0.3, gt=0, lt=1, description="share of attention heads `seektune prune` removes")
     calib_samples: int = Field(32, ge=1, description="calibration texts for head importance")
     eval_samples: int = Field(32, ge=1, description="held-out texts for perplexity in reports")

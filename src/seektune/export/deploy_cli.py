@@ -48,7 +48,8 @@ def export_command(run: str, out: Path, d, report: bool, data: Path | None, over
             raise ExportError(f"--format gguf cannot be combined with {', '.join(clash)} (GGUF weights: --quant)")
         from .gguf.pipeline import export_gguf
 
-        export_gguf(run, out, d.gguf_quant or "f16", overwrite=overwrite, verify=d.verify)
+        export_gguf(run, out, d.gguf_quant or "f16", overwrite=overwrite, verify=d.verify, data=data,
+                    eval_samples=d.eval_samples)
         return
     export_run(run, out, d.export_dtype, adapter_only=d.adapter_only, verify=d.verify, quantize=d.quantize,
                overwrite=overwrite)

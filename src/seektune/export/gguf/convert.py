@@ -16,10 +16,7 @@ from pathlib import Path
 from ..errors import ExportError
 from .tools import Converter
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
-NEEDS_QUANTIZER = {"q4_k_m": "llama.cpp's quantizer (llama-quantize / a built llama-cpp-python), which seektune "
-                             "does not build; quantise the f16 GGUF with it: llama-quantize model.f16.gguf "
-                             "model.q4_k_m.gguf Q4_K_M"}
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes; k-quants: llamacpp.quantize from f16
 
 # tokenizer.json split regexes (in order) of pre-tokenizers llama.cpp implements (src/llama-vocab.cpp)
 _QWEN2 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
@@ -50,10 +47,8 @@ def split_regexes(model_dir: Path) -> tuple[str, ...] | None:
 
 def convert(conv: Converter, model_dir: Path, outfile: Path, outtype: str, timeout: int = 3600) -> dict:
     """Run the converter; return {"seconds", "log_tail", "pre_fallback"}; ExportError with its log on failure."""
-    if outtype in NEEDS_QUANTIZER:
-        raise ExportError(f"--quant {outtype} needs {NEEDS_QUANTIZER[outtype]}")
     if outtype not in OUTTYPES:
-        raise ExportError(f"--quant must be one of {', '.join(OUTTYPES)} (or q4_k_m with llama.cpp built); got {outtype!r}")
+        raise ExportError(f"llama.cpp's converter writes {', '.join(OUTTYPES)}; got {outtype!r}")
     fallback = FALLBACK_NAME.get(split_regexes(model_dir) or (), "-")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(conv.gguf_py), str(conv.root)]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_LOCAL_GGUF": "1"}

@@ -3,11 +3,15 @@
 DIR/hf is the ordinary merged export (fp32, verified against the adapter model as always); the
 converter reads it, DIR/NAME.QUANT.gguf is checked against it (check.py) and DIR/Modelfile is
 written with the template check (modelfile.py). Everything measured goes to DIR/gguf_verify.json.
+k-quants (q4_k_m, ...) are written by llama.cpp's quantizer from an f16 GGUF, which stays beside
+them as the reference. With `--data`, a quantised GGUF gets a perplexity table (merged fp32, f16
+GGUF, the chosen GGUF, all on the same token ids, run by llama.cpp): what the quantisation costs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -18,7 +22,8 @@ from ...utils.console import log, warn
 from ..errors import ExportError
 from ..source import resolve_source
 from .check import check_gguf, read_meta
-from .convert import NEEDS_QUANTIZER, OUTTYPES, convert
+from . import llamacpp
+from .convert import OUTTYPES, convert
 from .modelfile import build_modelfile
 from .tools import ToolsMissing, locate
 
@@ -33,17 +38,19 @@ def _num_ctx(cfg) -> tuple[int, str | None]:
 
 
 def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwrite: bool = False,
-                verify: bool = True) -> dict:
+                verify: bool = True, data: str | Path | None = None, eval_samples: int = 32) -> dict:
     """Write DIR/hf, DIR/<name>.<quant>.gguf, DIR/Modelfile and DIR/gguf_verify.json; return the report."""
     from transformers import AutoModelForCausalLM
 
     from ...models import tokenizer_file
     from ..merge import export_run, prepare_out_dir, verify_prompts
 
-    if quant in NEEDS_QUANTIZER:
-        raise ExportError(f"--quant {quant} needs {NEEDS_QUANTIZER[quant]}")
-    if quant not in OUTTYPES:
-        raise ExportError(f"--quant must be one of {', '.join(OUTTYPES)} (got {quant!r})")
+    if quant not in OUTTYPES and quant not in llamacpp.KQUANTS:
+        raise ExportError(f"--quant must be one of {', '.join(OUTTYPES + tuple(llamacpp.KQUANTS))} (got {quant!r})")
+    if quant in llamacpp.KQUANTS and llamacpp.missing():
+        raise ExportError(f"--quant {quant} is written by llama.cpp's quantizer: {llamacpp.missing()}")
+    if data is not None and not Path(data).exists():
+        raise ExportError(f"--data file not found: {data}")
     try:
         conv = locate()
     except ToolsMissing as e:
@@ -55,11 +62,20 @@ def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwri
     src = resolve_source(target)
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in src.name).strip("-.") or "model"
     gguf_path = out / f"{name}.{quant}.gguf"
-    log(f"gguf: converting {hf} with llama.cpp's converter (llama-cpp-python {conv.root.name}) to {quant}")
-    conv_info = convert(conv, hf, gguf_path, quant)
-    report: dict = {"name": name, "gguf": gguf_path.name, "quant": quant, "size_bytes": gguf_path.stat().st_size,
-                    "convert_seconds": conv_info["seconds"], "pre_fallback": conv_info["pre_fallback"],
-                    "hf_export": res.verification}
+    kquant = quant in llamacpp.KQUANTS
+    ref_path = out / f"{name}.f16.gguf"
+    first = ref_path if kquant else gguf_path
+    log(f"gguf: converting {hf} with llama.cpp's converter ({conv.root.name}) to {'f16' if kquant else quant}")
+    conv_info = convert(conv, hf, first, "f16" if kquant else quant)
+    report: dict = {"name": name, "gguf": gguf_path.name, "quant": quant, "convert_seconds": conv_info["seconds"],
+                    "pre_fallback": conv_info["pre_fallback"], "hf_export": res.verification}
+    if kquant:
+        log(f"gguf: quantising {ref_path.name} to {quant} with llama.cpp's quantizer")
+        report["quantize"] = llamacpp.quantize(ref_path, gguf_path, quant)
+        report["f16_reference"] = ref_path.name
+        log(f"gguf: {quant} in {report['quantize']['seconds']}s; tensors on a fallback type (rows not a multiple "
+            f"of 256): {report['quantize']['fallback_tensors']}; log in {report['quantize']['log']}")
+    report["size_bytes"] = gguf_path.stat().st_size
     if conv_info["pre_fallback"]:
         log(f"gguf: llama.cpp does not list this tokenizer's hash; its split regexes are llama.cpp's "
             f"'{conv_info['pre_fallback']}', written as tokenizer.ggml.pre")
@@ -78,6 +94,13 @@ def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwri
         for w in check.warnings:
             warn(f"gguf: {w}")
         report["check"] = check.to_json()
+
+    if data is not None and quant not in ("f32", "f16"):
+        report["perplexity"] = _perplexity_table(conv, hf, gguf_path, ref_path, model, tok, data, src.template,
+                                                 eval_samples)
+    elif quant not in ("f32", "f16"):
+        report["perplexity"] = {"skipped": "pass --data FILE (held-out SFT records) for the perplexity table"}
+        log(f"gguf: perplexity table skipped: {report['perplexity']['skipped']}")
 
     num_ctx, ctx_note = _num_ctx(model.config)
     mf = build_modelfile(tok, kind, gguf_path.name, num_ctx, meta.add_bos, tok.eos_token)
@@ -98,3 +121,39 @@ def export_gguf(target: str | Path, out: str | Path, quant: str = "f16", overwri
     if check is not None and not check.passed:
         raise ExportError(f"GGUF verification failed (see {out / 'gguf_verify.json'}): " + "; ".join(check.lines()))
     return report
+
+
+def _perplexity_table(conv, hf: Path, gguf_path: Path, ref_path: Path, model, tok, data, template: str,
+                      n: int) -> dict:
+    """Merged fp32 (transformers) vs the f16 GGUF vs the chosen GGUF (llama.cpp), same token ids."""
+    from ..measure import markdown_table, texts_from_file
+
+    if llamacpp.missing():
+        return {"skipped": f"perplexity of a GGUF is measured by llama.cpp: {llamacpp.missing()}"}
+    if not ref_path.exists():
+        log(f"gguf: writing {ref_path.name} as the perplexity reference")
+        convert(conv, hf, ref_path, "f16")
+    texts = texts_from_file(data, tok, template, n=n)
+    seqs = [tok(t, add_special_tokens=True)["input_ids"][:512] for t in texts]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids in seqs:
+            x = torch.tensor([ids])
+            lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+            total += float(-lp[torch.arange(len(ids) - 1), x[0, 1:]].sum())
+            count += len(ids) - 1
+    rows = [{"variant": "merged fp32 (transformers)", "size_mb": round(sum(f.stat().st_size for f in hf.glob("*.safetensors")) / 1e6, 1),
+             "ppl": round(math.exp(total / max(count, 1)), 4)}]
+    for label, path in (("gguf f16 (llama.cpp)", ref_path), (f"gguf {gguf_path.name.rsplit('.', 2)[-2]} (llama.cpp)", gguf_path)):
+        if path == ref_path and path == gguf_path:
+            continue
+        p = llamacpp.perplexity(path, seqs, n_ctx=max(64, max(len(s) for s in seqs)))
+        rows.append({"variant": label, "size_mb": round(path.stat().st_size / 1e6, 1), "ppl": round(p["ppl"], 4)})
+    ref = rows[1]["ppl"] if len(rows) > 1 else rows[0]["ppl"]
+    for r in rows:
+        r["ppl_vs_f16"] = f"{100 * (r['ppl'] / ref - 1):+.2f}%"
+    table = markdown_table(rows, [("variant", "variant"), ("size_mb", "MB"), ("ppl", "perplexity"),
+                                  ("ppl_vs_f16", "vs f16 GGUF")])
+    for line in table.splitlines():
+        log(line)
+    return {"data": str(data), "texts": len(seqs), "tokens": count, "rows": rows}

@@ -17,10 +17,11 @@ from ..problems import problem_md
 from ..runs import list_runs
 from ..workspace import WorkspaceError
 
-GGUF_NOTE = ("**GGUF** runs llama.cpp's own converter (installed by `make gguf-tools`, nothing built), then "
-             "reloads the file and compares it with the merged model; the Modelfile's chat template is checked "
-             "against the model's own. k-quants (q4_k_m) need llama.cpp's `llama-quantize` on the f16 file.")
-GGUF_QUANTS = ["f16", "q8_0", "bf16", "f32"]
+GGUF_NOTE = ("**GGUF** runs llama.cpp's own converter (installed by `make gguf-tools`), then runs the file in "
+             "llama.cpp (`make llama-cpp`; else transformers' GGUF loader) and compares it with the merged model; "
+             "the Modelfile's chat template is checked against the model's own. k-quants (q4_k_m, q5_k_m, q6_k) "
+             "are written by llama.cpp's quantizer from the f16 file, which stays beside them.")
+GGUF_QUANTS = ["f16", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "bf16", "f32"]
 
 
 def default_out(run: str) -> str:
