@@ -447,7 +447,8 @@ def prune(run: str = typer.Argument(..., help="run folder, adapter folder, model
 
 
 @app.command()
-def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 export or preset"),
+def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 export, preset, or a .gguf file "
+                                                 "(served by llama.cpp)"),
           host: Optional[str] = typer.Option(None, help="bind address (127.0.0.1)"),
           port: Optional[int] = typer.Option(None, help="port (8000)"),
           api_key: Optional[str] = typer.Option(None, "--api-key", help="require this key (or set SEEKTUNE_API_KEY)"),
@@ -459,9 +460,11 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
                                                           "(default: the model's context length)"),
           max_body_bytes: Optional[int] = typer.Option(None, help="largest request body; larger ones get 413 (1048576)"),
           model_name: Optional[str] = typer.Option(None, help="id served in /v1/models (default: folder name)"),
-          threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+          threads: Optional[int] = typer.Option(None, help="CPU threads (torch's, or llama.cpp's for a .gguf)"),
+          template: Optional[str] = typer.Option(None, "--template", help="chat template (default: the run's, else auto)"),
           config: Optional[Path] = _DEPLOY_CONFIG):
-    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) with dynamic batching."""
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) with dynamic batching;
+    a .gguf file is served through llama.cpp with the same API."""
     _quiet_libraries()
     from ..export.deploy_cli import deploy_settings
     from ..serve.server import ServeOptions, run_server
@@ -474,7 +477,8 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
                                                        queue_size=d.queue_size, max_tokens=d.max_tokens,
                                                        max_prompt_tokens=d.max_prompt_tokens,
                                                        max_body_bytes=d.max_body_bytes,
-                                                       api_key=api_key, model_name=d.model_name, threads=threads))
+                                                       api_key=api_key, model_name=d.model_name, threads=threads,
+                                                       template=template))
     except _user_errors() as e:
         _fail(str(e))
 

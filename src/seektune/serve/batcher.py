@@ -61,9 +61,7 @@ class Engine:
         before it (the first has none), the `top` likeliest tokens at each position, and one greedy token
         after the prompt. This is what log-likelihood benchmarks over an API read (lm-eval's
         local-completions)."""
-        with torch.no_grad():
-            logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
-        logp = torch.log_softmax(logits, -1)
+        logp = torch.log_softmax(self._prompt_logits(ids), -1)
         nxt = int(logp[-1].argmax())
         seq = list(ids) + [nxt]
         token_lp: list[float | None] = [None] + [float(logp[i - 1, seq[i]]) for i in range(1, len(seq))]
@@ -79,6 +77,11 @@ class Engine:
             pos += len(t)
         return {"text": "".join(tokens), "tokens": tokens, "token_logprobs": token_lp, "top_logprobs": tops,
                 "text_offset": offsets, "prompt_tokens": len(ids)}
+
+    def _prompt_logits(self, ids: list[int]) -> torch.Tensor:
+        """(len(ids), vocab) fp32 logits of one prompt from an empty cache."""
+        with torch.no_grad():
+            return self.model(torch.tensor([ids], device=self.device)).logits[0].float()
 
     def _next_tokens(self, logits: torch.Tensor, reqs: list[GenRequest], gens: list) -> torch.Tensor:
         nxt = logits.argmax(-1)

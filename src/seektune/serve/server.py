@@ -1,4 +1,7 @@
-"""Build the server for a run/model folder and run it with uvicorn (foreground or in a thread)."""
+"""Build the server for a run/model folder or a GGUF file and run it with uvicorn (foreground or in a thread).
+
+A `.gguf` is decoded by llama.cpp (llamacpp_engine.py), one request at a time; everything else by
+the HF engine with continuous batching (batcher.py). Both sit behind the same app (app.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.templates import get_template
+from ..export.errors import ExportError
 from ..export.source import load_causal_lm, resolve_source
 from ..utils.console import log
 from .app import ServeSettings, create_app
@@ -38,15 +42,27 @@ class ServeOptions:
 @dataclass
 class Loaded:
     """A model ready to serve; one Loaded can back several apps (tests, on/off benchmarks)."""
-    model: object
+    model: object             # the HF model (None for a GGUF)
     tok: object
     name: str
-    template: str
+    template: str             # "" when none is known (a GGUF without one): --template must say
     describe: str
+    engine: object | None = None          # a GGUF's LlamaCppEngine; None: Engine(model, tok)
+    context_length: int | None = None     # a GGUF's llama.cpp context (its KV cache is allocated for it)
 
 
-def load_for_serving(target: str) -> Loaded:
-    """Load the model of `target` with any LoRA merged (merged weights decode faster)."""
+def is_gguf(target) -> bool:
+    return str(target).lower().endswith(".gguf")
+
+
+def load_for_serving(target: str, threads: int | None = None, context_length: int | None = None) -> Loaded:
+    """Load the model of `target` with any LoRA merged (merged weights decode faster). A .gguf file is
+    loaded into llama.cpp with `threads` and a context of its own length capped at `context_length`."""
+    if is_gguf(target):
+        from .llamacpp_engine import load_gguf
+
+        engine, name, template, describe, ctx = load_gguf(target, threads, context_length)
+        return Loaded(None, engine.tok, name, template, describe, engine=engine, context_length=ctx)
     src = resolve_source(target)
     model, tok = load_causal_lm(src, merge=True)
     return Loaded(model, tok, src.name, src.template, src.describe())
@@ -54,21 +70,32 @@ def load_for_serving(target: str) -> Loaded:
 
 def build_app(target: str | Loaded, opts: ServeOptions):
     """Return (FastAPI app, batcher) serving `target` (a path/preset, or an already Loaded model)."""
-    if opts.threads:
+    if opts.threads and not is_gguf(target):  # a GGUF's llama.cpp threads are set when it loads
         torch.set_num_threads(opts.threads)
-    loaded = target if isinstance(target, Loaded) else load_for_serving(target)
+    loaded = target if isinstance(target, Loaded) else load_for_serving(target, opts.threads, opts.context_length)
     model, tok = loaded.model, loaded.tok
+    if not (opts.template or loaded.template):
+        raise ExportError(f"{loaded.describe}: no chat template (neither an hf/ folder beside the GGUF nor "
+                          f"tokenizer.chat_template in it); pass --template (deepseek-v3, deepseek-r1, chatml)")
     template = get_template(opts.template or loaded.template, tok)
-    ctx = opts.context_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    if loaded.engine is not None:  # llama.cpp's context was fixed when the GGUF was loaded
+        ctx = min(opts.context_length or loaded.context_length, loaded.context_length)
+    else:
+        ctx = opts.context_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     key = opts.api_key if opts.api_key is not None else os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(opts.model_name or loaded.name, ctx, opts.max_tokens,
                              min(opts.default_max_tokens, opts.max_tokens), key, opts.max_prompt_tokens,
                              opts.max_body_bytes)
-    batcher = DynamicBatcher(Engine(model, tok), opts.max_batch, opts.window_ms, opts.queue_size)
+    engine = loaded.engine or Engine(model, tok)
+    batcher = DynamicBatcher(engine, opts.max_batch, opts.window_ms, opts.queue_size)
+    if loaded.engine is not None:
+        decoding = "llama.cpp decodes one request at a time (max_batch does not apply)"
+    else:
+        decoding = f"batching up to {opts.max_batch} within {opts.window_ms:g} ms; threads {torch.get_num_threads()}"
     log(f"serve: {loaded.describe} as '{settings.model_name}'; template {template.name}; context {ctx}; "
-        f"batching up to {opts.max_batch} within {opts.window_ms:g} ms; queue {opts.queue_size}; "
+        f"{decoding}; queue {opts.queue_size}; "
         f"limits: prompt {settings.prompt_cap} tokens, max_tokens {opts.max_tokens}, body {opts.max_body_bytes} "
-        f"bytes; API key {'required' if key else 'off'}; threads {torch.get_num_threads()}")
+        f"bytes; API key {'required' if key else 'off'}")
     return create_app(batcher, tok, template, settings), batcher
 
 
