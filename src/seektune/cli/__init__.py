@@ -400,7 +400,7 @@ def export(run: str = typer.Argument(..., help="run folder, adapter folder, mode
            dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (weights on disk)"),
            adapter_only: Optional[bool] = typer.Option(None, "--adapter-only", help="export the LoRA adapter only"),
            quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write OUT/int8 "
-                                                  "(int8 weights, loaded weight-only by seektune on every device)"),
+                                                  "(compressed-tensors W8A16: plain transformers and vLLM load it)"),
            report: bool = typer.Option(False, "--report", help="measure size, ms/token and perplexity for "
                                        "fp32/fp16/bf16/int8 into OUT/report (needs --data)"),
            data: Optional[Path] = typer.Option(None, "--data", help="SFT data file for the --report perplexity"),

@@ -454,7 +454,7 @@ class DeployConfig(Section):
     """`seektune export / prune / serve` settings (CLI flags override these)."""
     export_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="weights dtype of `seektune export`")
     adapter_only: bool = Field(False, description="export the LoRA adapter without merging")
-    quantize: Literal["int8"] | None = Field(None, description="int8: also write OUT/int8 (loaded weight-only by default)")
+    quantize: Literal["int8"] | None = Field(None, description="int8: also write OUT/int8 in compressed-tensors W8A16 (plain transformers and vLLM load it)")
     verify: bool = Field(True, description="reload the export and compare logits with the adapter model")
     export_format: Literal["hf", "gguf"] = Field(
         "hf", description="hf: safetensors folder; gguf: also a llama.cpp GGUF + Ollama Modelfile (make gguf-tools)")

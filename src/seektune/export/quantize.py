@@ -1,18 +1,18 @@
-"""INT8 export: one safetensors file of int8 weights, loaded weight-only by default on every device.
+"""INT8 export in compressed-tensors, the standard format: plain transformers and vLLM load it as is.
 
-Every nn.Linear and nn.Embedding weight is stored as int8 with one fp32 scale per output row
-(symmetric, scale = max|row| / 127); norms and biases stay fp32. No pickles: the file is plain
-safetensors plus a manifest (seektune_quant.json), and the same file serves both back ends:
+`--quantize int8` writes DIR/int8 as llm-compressor's W8A16 does: every nn.Linear except lm_head
+gets int8 weights with one scale per output channel (symmetric), packed by compressed-tensors
+(`weight_packed`, `weight_scale`, the `pack-quantized` format vLLM runs with its int8 kernels), and
+`quantization_config` in config.json. Embeddings and lm_head stay float (the vLLM convention; tied
+to the embeddings in small models); the export counts what stays float, by group. Models whose MoE
+experts transformers 5 fuses into 3D parameters (DeepSeek-V2/V3) are refused: transformers cannot
+reload such a compressed-tensors checkpoint; their quantised export is the GGUF (q8_0, k-quants).
 
-* default (`mode="weight"`, every device): every Linear becomes `Int8WeightOnlyLinear` (int8 weights
-  in memory, dequantised per call in the activation dtype): a quarter of fp32's weight memory, half
-  of fp16's, and SmolLM2's perplexity within noise of fp32;
-* opt-in on CPU (`mode="dynamic"`): every Linear becomes torch.ao's DynamicQuantizedLinear with
-  exactly the stored int8 values, activations quantised per call (fbgemm/x86 int8 GEMM): faster,
-  but activation outliers took SmolLM2's perplexity from 25.7 to 67.5.
-
-Loading needs seektune (`seektune.export.quantize.load_quantized`); the fp32/fp16/bf16 exports
-are the ones other tools load.
+Loading: `AutoModelForCausalLM.from_pretrained(DIR/int8)` with `compressed-tensors` installed (no
+seektune) decompresses the weights to float on the first forward: on CPU that saves disk, not RAM.
+`load_quantized` (what `seektune serve DIR/int8` uses) keeps the weights int8 in memory instead
+(`Int8WeightOnlyLinear`, dequantised per call). Folders of the earlier seektune-only format
+(`model.int8.safetensors`) still load, with its torch.ao `mode="dynamic"` option.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from ..engine.artifacts import QUANT_MANIFEST
 from .errors import ExportError
 
 WEIGHTS = "model.int8.safetensors"
-FORMAT = "seektune-int8-rowwise-v1"
+FORMAT = "seektune-int8-rowwise-v1"  # the earlier seektune-only format: read, no longer written
+CT_FORMAT = "compressed-tensors-w8a16-channel"
+CT_PIN = "compressed-tensors==0.20.1"
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,36 +47,78 @@ def _quantizable(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
 
 
+def _compressed_tensors():
+    try:
+        import compressed_tensors  # noqa: F401
+    except ImportError:
+        raise ExportError(f"the INT8 export is written in the compressed-tensors format: pip install {CT_PIN} "
+                          "(make venv installs it)") from None
+
+
+def _float_groups(model: nn.Module, quantized: set[str]) -> dict[str, int]:
+    """Parameters that stay float, by group, so nothing is left out silently."""
+    groups: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        owner = name.rpartition(".")[0]
+        if owner in quantized:
+            continue
+        if p.dim() == 3:
+            g = "fused MoE experts (3D parameters, not nn.Linear)"
+        elif "embed" in name or name.startswith("lm_head"):
+            g = "embeddings / lm_head"
+        elif p.dim() == 2:
+            g = "other 2D weights"
+        else:
+            g = "norms, biases, router bias"
+        groups[g] = groups.get(g, 0) + p.numel()
+    return groups
+
+
 def save_int8(model: nn.Module, tok, out: Path) -> dict:
-    """Write the int8 export of an fp32 model to `out`; return the manifest."""
-    from safetensors.torch import save_file
+    """Write `model` (fp32; quantised in place, so not usable afterwards) to `out` as compressed-tensors
+    W8A16 per-channel; return the manifest (what is int8, what stays float)."""
+    _compressed_tensors()
+    fused = [n for n, p in model.named_parameters() if p.dim() == 3]
+    if fused:
+        raise ExportError(
+            f"--quantize int8: this model keeps its MoE experts as fused 3D parameters ({fused[0]}, ...), and "
+            "transformers cannot reload a compressed-tensors checkpoint of such a model (its expert conversion "
+            "finds no tensors to fuse); the merged export in the folder is complete. For DeepSeek-V2/V3 use "
+            "`--format gguf --quant q8_0` (llama.cpp quantises the experts too) or `--dtype bf16`")
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 apply_quantization_config)
+    from compressed_tensors.quantization.utils import calculate_qparams
 
     out.mkdir(parents=True, exist_ok=True)
-    mods = _quantizable(model)
-    tensors: dict[str, torch.Tensor] = {}
-    seen: dict[int, str] = {}
-    tied: dict[str, str] = {}
-    for name, mod in mods.items():
-        ptr = mod.weight.data_ptr()
-        if ptr in seen:  # tied weights (lm_head = embed_tokens): stored once
-            tied[name] = seen[ptr]
-            continue
-        seen[ptr] = name
-        q, s = quantize_rows(mod.weight)
-        tensors[f"{name}.weight.int8"] = q.contiguous()
-        tensors[f"{name}.weight.scale"] = s.contiguous()
-    qnames = {f"{n}.weight" for n in mods}
-    for k, v in model.state_dict().items():
-        if k not in qnames and k not in tensors and v.is_floating_point():
-            tensors[k] = v.detach().float().contiguous()
-    # drop plain copies of weights that are aliases of quantised ones (e.g. a tied lm_head)
-    save_file(tensors, str(out / WEIGHTS), metadata={"format": FORMAT})
-    model.config.save_pretrained(str(out))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(str(out))
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=8, type="int", symmetric=True,
+                                                                             strategy="channel"))
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"]))
+    quantized: dict[str, int] = {}
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if getattr(mod, "quantization_scheme", None) is not None and hasattr(mod, "weight_scale"):
+                w = mod.weight.data
+                s, zp = calculate_qparams(w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True),
+                                          mod.quantization_scheme.weights)
+                mod.weight_scale.data.copy_(s)
+                mod.weight_zero_point.data.copy_(zp)
+                quantized[name] = w.numel()
+    floats = _float_groups(model, set(quantized))
+    comp = ModelCompressor.from_pretrained_model(model)
+    comp.compress_model(model)
+    model.save_pretrained(str(out))
+    comp.update_config(str(out))
     tok.save_pretrained(str(out))
-    manifest = {"format": FORMAT, "weights": WEIGHTS, "quantized": sorted(seen.values()), "tied": tied,
-                "default": "weight-only int8 on every device", "optional": "torch.ao dynamic int8 on CPU (mode='dynamic')"}
+    manifest = {"format": CT_FORMAT, "quantization_format": str(comp.quantization_config.format),
+                "int8_linear_modules": len(quantized), "int8_params": sum(quantized.values()),
+                "float_params": floats, "total_params": total,
+                "load": f"AutoModelForCausalLM.from_pretrained(DIR) with {CT_PIN}; vLLM reads the same folder"}
     (out / QUANT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
 
@@ -114,9 +158,13 @@ def load_quantized(path: str | Path, device: str | None = None, mode: str = "aut
     if not manifest_path.exists():
         raise ExportError(f"{path}: not a seektune INT8 export (no {QUANT_MANIFEST})")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ExportError(f"{manifest_path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if manifest.get("format") == CT_FORMAT:
+        if mode == "dynamic":
+            raise ExportError(f"{path}: mode='dynamic' (torch.ao) is only kept for the earlier seektune INT8 format")
+        return _load_compressed(path, device)
+    if manifest.get("format") != FORMAT:
+        raise ExportError(f"{manifest_path}: unknown format {manifest.get('format')!r} (expected {CT_FORMAT})")
     if mode == "auto":
         mode = "weight"
     cfg = AutoConfig.from_pretrained(str(path))
@@ -149,6 +197,31 @@ def load_quantized(path: str | Path, device: str | None = None, mode: str = "aut
     return model
 
 
+def _load_compressed(path: Path, device: str):
+    """A compressed-tensors W8A16 folder with its Linear weights kept int8 in memory (transformers alone
+    would decompress them to float on the first forward)."""
+    _compressed_tensors()
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    hook = getattr(model, "ct_decompress_hook", None)
+    if hook is not None:  # nothing left for it to decompress once the modules are replaced
+        hook.remove()
+        delattr(model, "ct_decompress_hook")
+    for name, mod in list(model.named_modules()):
+        if not hasattr(mod, "weight_packed"):
+            continue
+        shape = torch.Size([int(x) for x in mod.weight_shape.tolist()])
+        q = unpack_from_int32(mod.weight_packed.data, mod.quantization_scheme.weights.num_bits, shape)
+        bias = mod.bias if getattr(mod, "bias", None) is not None else None
+        _set_module(model, name, Int8WeightOnlyLinear(q, mod.weight_scale.data.float()[:, 0], bias))
+    model.eval()
+    if device != "cpu":
+        model.to(device)
+    return model
+
+
 def _dynamic_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
@@ -166,8 +239,12 @@ def quantize_export(model: nn.Module, tok, out: Path, method: str, ref_logits=No
         raise ExportError(f"--quantize must be int8 (got {method!r})")
     from .verify import compare_logits, folder_size, prompt_logits
 
-    save_int8(model, tok, out)
-    res: dict = {"size_bytes": folder_size(out)}
+    manifest = save_int8(model, tok, out)
+    res: dict = {"size_bytes": folder_size(out), "int8_params": manifest["int8_params"],
+                 "float_params": manifest["float_params"], "format": manifest["quantization_format"]}
+    log(f"int8 (compressed-tensors {manifest['quantization_format']}): {manifest['int8_params']:,} of "
+        f"{manifest['total_params']:,} parameters int8; float: "
+        + ", ".join(f"{g} {n:,}" for g, n in manifest["float_params"].items()))
     if ref_logits is not None:
         qm = load_quantized(out, device="cpu")
         v = compare_logits(ref_logits, prompt_logits(qm, tok, prompts), rel_tol=float("inf"))

@@ -1,8 +1,8 @@
 """The quantisation table: size on disk, latency per token and perplexity for fp32, fp16, bf16 and int8.
 
-`int8` is how the export loads by default, on every device: weight-only (int8 weights dequantised
-per call); `int8-dynamic` loads the same file as torch.ao dynamic INT8 (int8 weights and per-call int8
-activations: faster on CPU, but activation outliers cost SmolLM2 +163% perplexity).
+`int8` is the compressed-tensors W8A16 export loaded as seektune serves it (int8 weights in memory,
+dequantised per call). The earlier `int8-dynamic` row (torch.ao dynamic INT8, +163% perplexity on
+SmolLM2) went with the seektune-only format.
 
 Every variant is saved to disk and loaded back the way a user would load it (plain transformers
 for fp32/fp16/bf16, `load_quantized` for int8), then measured on the same texts and prompt.
@@ -29,7 +29,7 @@ def weights_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
 
 
-def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "bf16", "int8", "int8-dynamic"),
+def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "bf16", "int8"),
                 eval_samples: int = 16, max_length: int = 256, new_tokens: int = 16) -> list[dict]:
     """Export each variant under `work` and measure it; returns table rows."""
     from transformers import AutoModelForCausalLM
@@ -47,9 +47,9 @@ def dtype_table(target: str, data: str, work: Path, variants=("fp32", "fp16", "b
     prompt = texts[0][:300]
     rows = []
     for v in variants:
-        if v.startswith("int8"):  # int8: weight-only (the default everywhere); int8-dynamic: torch.ao dynamic
+        if v == "int8":  # as `seektune serve DIR/int8` loads it: int8 weights in memory
             folder = base / "int8"
-            model = load_quantized(folder, device="cpu", mode="dynamic" if v == "int8-dynamic" else "weight")
+            model = load_quantized(folder, device="cpu")
         else:
             folder = base if v == "fp32" else work / v
             if v != "fp32":
