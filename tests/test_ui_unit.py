@@ -384,3 +384,10 @@ def test_export_page_gguf_summary_shows_agreement_tokenizer_and_the_ollama_comma
     assert "med.q8_0.gguf" in md and "14.1 MB" in md and "top-1 agreement 100.0%" in md
     assert "3 of 3 prompts" in md and "`qwen2`" in md and "deepseek-r1" in md
     assert "ollama create med -f exports/med/Modelfile" in md and "verification: passed" in md
+
+
+def test_chat_page_refuses_a_gguf_and_names_seektune_serve():
+    from seektune.ui.chat import ModelCache
+
+    with pytest.raises(ValueError, match="seektune serve exports/m/m.q4_k_m.gguf"):
+        ModelCache().get("exports/m/m.q4_k_m.gguf")

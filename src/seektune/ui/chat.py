@@ -17,7 +17,7 @@ from ..data.reasoning import ReasoningStream
 from ..data.templates import get_template
 from ..eval.generation import stop_token_ids
 from ..models.presets import PRESETS
-from ..serve.server import Loaded, load_for_serving
+from ..serve.server import Loaded, is_gguf, load_for_serving
 from .workspace import Workspace
 
 
@@ -44,6 +44,9 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, target: str) -> Loaded:
+        if is_gguf(target):  # stream_reply drives an HF model's generate(); a GGUF has none
+            raise ValueError(f"{target}: the Chat page runs HF models (a run, its export/hf folder or a preset); "
+                             f"chat with a GGUF through llama.cpp with `seektune serve {target}`")
         with self._lock:
             if target in self._models:
                 self._models.move_to_end(target)
