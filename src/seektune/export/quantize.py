@@ -4,9 +4,9 @@
 gets int8 weights with one scale per output channel (symmetric), packed by compressed-tensors
 (`weight_packed`, `weight_scale`, the `pack-quantized` format vLLM runs with its int8 kernels), and
 `quantization_config` in config.json. Embeddings and lm_head stay float (the vLLM convention; tied
-to the embeddings in small models); the export counts what stays float, by group. Models whose MoE
-experts transformers 5 fuses into 3D parameters (DeepSeek-V2/V3) are refused: transformers cannot
-reload such a compressed-tensors checkpoint; their quantised export is the GGUF (q8_0, k-quants).
+to the embeddings in small models); the export counts what stays float, by group. MoE experts that
+transformers 5 fuses into 3D parameters (DeepSeek-V2/V3) are written per expert, int8 the same way,
+as llm-compressor writes MoE checkpoints; transformers fuses them again when it loads the folder.
 
 Loading: `AutoModelForCausalLM.from_pretrained(DIR/int8)` with `compressed-tensors` installed (no
 seektune) decompresses the weights to float on the first forward: on CPU that saves disk, not RAM.
@@ -82,13 +82,7 @@ def save_int8(model: nn.Module, tok, out: Path) -> dict:
     """Write `model` (fp32; quantised in place, so not usable afterwards) to `out` as compressed-tensors
     W8A16 per-channel; return the manifest (what is int8, what stays float)."""
     _compressed_tensors()
-    fused = [n for n, p in model.named_parameters() if p.dim() == 3]
-    if fused:
-        raise ExportError(
-            f"--quantize int8: this model keeps its MoE experts as fused 3D parameters ({fused[0]}, ...), and "
-            "transformers cannot reload a compressed-tensors checkpoint of such a model (its expert conversion "
-            "finds no tensors to fuse); the merged export in the folder is complete. For DeepSeek-V2/V3 use "
-            "`--format gguf --quant q8_0` (llama.cpp quantises the experts too) or `--dtype bf16`")
+    experts = sorted({n.rpartition(".")[0] for n, p in model.named_parameters() if p.dim() == 3})
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
                                                  apply_quantization_config)
@@ -109,18 +103,65 @@ def save_int8(model: nn.Module, tok, out: Path) -> dict:
                 mod.weight_scale.data.copy_(s)
                 mod.weight_zero_point.data.copy_(zp)
                 quantized[name] = w.numel()
-    floats = _float_groups(model, set(quantized))
+    floats = _float_groups(model, set(quantized) | set(experts))
     comp = ModelCompressor.from_pretrained_model(model)
     comp.compress_model(model)
     model.save_pretrained(str(out))
     comp.update_config(str(out))
     tok.save_pretrained(str(out))
+    expert_params = _compress_expert_shards(out, experts, scheme) if experts else 0
     manifest = {"format": CT_FORMAT, "quantization_format": str(comp.quantization_config.format),
-                "int8_linear_modules": len(quantized), "int8_params": sum(quantized.values()),
-                "float_params": floats, "total_params": total,
-                "load": f"AutoModelForCausalLM.from_pretrained(DIR) with {CT_PIN}; vLLM reads the same folder"}
+                "int8_linear_modules": len(quantized), "int8_params": sum(quantized.values()) + expert_params,
+                "int8_expert_params": expert_params, "float_params": floats, "total_params": total,
+                "load": f"AutoModelForCausalLM.from_pretrained(DIR) with {CT_PIN}; vLLM reads the same folder"
+                        + ("; the MoE experts are decompressed to float when loaded" if experts else "")}
     (out / QUANT_MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
+
+
+def _compress_expert_shards(out: Path, experts: list[str], scheme) -> int:
+    """Quantise the fused MoE experts in the written checkpoint, where save_pretrained has already
+    split them back into one Linear per expert (`...experts.3.gate_proj.weight`, the layout of the
+    original DeepSeek checkpoints): each becomes `weight_packed` / `weight_scale` / `weight_shape` as
+    llm-compressor writes MoE models. transformers fuses them again on load (its compressed-tensors
+    dequantize operation), vLLM reads them per expert. Returns the number of int8 expert weights."""
+    import re
+
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from safetensors.torch import load_file, save_file
+
+    compressor = BaseCompressor.get_value_from_registry("pack-quantized")
+    pattern = re.compile("^(" + "|".join(re.escape(e) for e in experts) + r")\.\d+\.[A-Za-z_]+\.weight$")
+    index_path = out / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else None
+    n = 0
+    for shard in sorted(out.glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        if not any(pattern.match(k) for k in tensors):
+            continue
+        new: dict[str, torch.Tensor] = {}
+        for key, w in tensors.items():
+            if not (pattern.match(key) and w.dim() == 2 and w.is_floating_point()):
+                new[key] = w
+                continue
+            w = w.float()
+            s, zp = calculate_qparams(w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True), scheme.weights)
+            base = key[: -len("weight")]
+            for k, v in compressor.compress({"weight": w, "weight_scale": s, "weight_zero_point": zp}, scheme).items():
+                new[base + k] = v.contiguous()
+                if index is not None:
+                    index["weight_map"][base + k] = shard.name
+            if index is not None:
+                index["weight_map"].pop(key, None)
+            n += w.numel()
+        save_file(new, str(shard), metadata={"format": "pt"})
+    if index is not None:
+        index_path.write_text(json.dumps(index, indent=2), encoding="utf-8")
+    if n == 0:
+        raise ExportError(f"{out}: found none of the expert weights of {experts[0]} ... in the written checkpoint "
+                          "to quantise (this transformers version saves fused experts differently)")
+    return n
 
 
 class Int8WeightOnlyLinear(nn.Module):
