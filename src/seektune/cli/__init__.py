@@ -462,9 +462,17 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
           model_name: Optional[str] = typer.Option(None, help="id served in /v1/models (default: folder name)"),
           threads: Optional[int] = typer.Option(None, help="CPU threads (torch's, or llama.cpp's for a .gguf)"),
           template: Optional[str] = typer.Option(None, "--template", help="chat template (default: the run's, else auto)"),
+          engine: str = typer.Option("auto", "--engine", help="auto (vLLM where it is installed and a CUDA GPU is "
+                                     "visible, else hf) | hf (transformers, continuous batching) | vllm (pip install "
+                                     "vllm); a .gguf is always llama.cpp's"),
+          gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization",
+                                                                 help="vLLM: share of GPU memory it takes (0.9)"),
+          max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
+                                                      help="vLLM: context length it allocates (default: the model's)"),
           config: Optional[Path] = _DEPLOY_CONFIG):
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models) with dynamic batching;
-    a .gguf file is served through llama.cpp with the same API."""
+    vLLM decodes where it is installed and a GPU is visible (--engine); a .gguf file is served through llama.cpp
+    with the same API."""
     _quiet_libraries()
     from ..export.deploy_cli import deploy_settings
     from ..serve.server import ServeOptions, run_server
@@ -478,7 +486,9 @@ def serve(model: str = typer.Argument(..., help="run folder, model folder, int8 
                                                        max_prompt_tokens=d.max_prompt_tokens,
                                                        max_body_bytes=d.max_body_bytes,
                                                        api_key=api_key, model_name=d.model_name, threads=threads,
-                                                       template=template))
+                                                       template=template, engine=engine,
+                                                       gpu_memory_utilization=gpu_memory_utilization,
+                                                       max_model_len=max_model_len))
     except _user_errors() as e:
         _fail(str(e))
 

@@ -1,7 +1,9 @@
 """Build the server for a run/model folder or a GGUF file and run it with uvicorn (foreground or in a thread).
 
-A `.gguf` is decoded by llama.cpp (llamacpp_engine.py), one request at a time; everything else by
-the HF engine with continuous batching (batcher.py). Both sit behind the same app (app.py)."""
+A `.gguf` is decoded by llama.cpp (llamacpp_engine.py), one request at a time. A model folder is
+decoded by vLLM (vllm_engine.py) where it is installed and a CUDA GPU is visible, else by the HF
+engine with continuous batching (batcher.py); `engine` ("auto", "hf", "vllm") chooses. All of them
+sit behind the same app (app.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ import torch
 from ..data.templates import get_template
 from ..export.errors import ExportError
 from ..export.source import load_causal_lm, resolve_source
-from ..utils.console import log
+from ..utils.console import log, warn
 from .app import ServeSettings, create_app
 from .batcher import DynamicBatcher, Engine
 
 API_KEY_ENV = "SEEKTUNE_API_KEY"
+ENGINES = ("auto", "hf", "vllm")
 
 
 @dataclass
@@ -37,6 +40,9 @@ class ServeOptions:
     model_name: str | None = None
     template: str | None = None
     threads: int | None = None
+    engine: str = "auto"                  # auto | hf | vllm (a .gguf is always llama.cpp's)
+    gpu_memory_utilization: float | None = None  # vLLM: share of GPU memory it takes (0.9)
+    max_model_len: int | None = None      # vLLM: context it allocates the KV cache for (the model's)
 
 
 @dataclass
@@ -47,23 +53,76 @@ class Loaded:
     name: str
     template: str             # "" when none is known (a GGUF without one): --template must say
     describe: str
-    engine: object | None = None          # a GGUF's LlamaCppEngine; None: Engine(model, tok)
-    context_length: int | None = None     # a GGUF's llama.cpp context (its KV cache is allocated for it)
+    engine: object | None = None          # a GGUF's LlamaCppEngine, a VllmEngine; None: Engine(model, tok)
+    context_length: int | None = None     # llama.cpp's or vLLM's context (their KV cache is allocated for it)
+    backend: str = "hf"                   # which engine decodes: hf | llama.cpp | vllm
 
 
 def is_gguf(target) -> bool:
     return str(target).lower().endswith(".gguf")
 
 
-def load_for_serving(target: str, threads: int | None = None, context_length: int | None = None) -> Loaded:
-    """Load the model of `target` with any LoRA merged (merged weights decode faster). A .gguf file is
-    loaded into llama.cpp with `threads` and a context of its own length capped at `context_length`."""
+def choose_engine(target, engine: str = "auto", src=None) -> tuple[str, str]:
+    """(the engine that serves `target`: "llama.cpp", "hf" or "vllm"; why vLLM is not used, or "").
+    ExportError when the engine asked for cannot serve it: `--engine vllm` without vLLM or a GPU, or
+    for a .gguf or an adapter."""
+    if engine not in ENGINES:
+        raise ExportError(f"--engine {engine}: not one of {', '.join(ENGINES)}")
     if is_gguf(target):
+        if engine != "auto":
+            raise ExportError(f"--engine {engine}: {target} is a GGUF, which llama.cpp serves; vLLM and the HF engine "
+                              f"serve an HF model folder (the merged hf/ folder beside the GGUF): serve that, or "
+                              f"drop --engine")
+        return "llama.cpp", ""
+    if engine == "hf":
+        return "hf", ""
+    from .vllm_engine import missing
+
+    why = missing()
+    if why:
+        if engine == "vllm":
+            raise ExportError(f"--engine vllm: {why}; or serve with the HF engine (--engine hf)")
+        return "hf", f"vLLM not used: {why}"
+    if src is not None and src.kind == "adapter":
+        if engine == "vllm":
+            raise ExportError(f"--engine vllm: {src.path} is a LoRA adapter and vLLM serves a merged model folder: "
+                              f"`seektune export {src.run_dir or src.path} --out DIR`, then serve DIR (or --engine hf)")
+        return "hf", "vLLM not used: an adapter is merged into its base in memory, which the HF engine does"
+    return "vllm", ""
+
+
+def load_for_serving(target: str, threads: int | None = None, context_length: int | None = None,
+                     engine: str = "auto", gpu_memory_utilization: float | None = None,
+                     max_model_len: int | None = None) -> Loaded:
+    """Load the model of `target` with any LoRA merged (merged weights decode faster). A .gguf file is
+    loaded into llama.cpp with `threads` and a context of its own length capped at `context_length`.
+    A model folder goes to vLLM (`gpu_memory_utilization`, `max_model_len`) when `engine` says so, or
+    says "auto" and vLLM can run here; else to the HF engine."""
+    if is_gguf(target):
+        choose_engine(target, engine)  # --engine hf|vllm with a GGUF: refused
         from .llamacpp_engine import load_gguf
 
-        engine, name, template, describe, ctx = load_gguf(target, threads, context_length)
-        return Loaded(None, engine.tok, name, template, describe, engine=engine, context_length=ctx)
+        eng, name, template, describe, ctx = load_gguf(target, threads, context_length)
+        return Loaded(None, eng.tok, name, template, describe, engine=eng, context_length=ctx, backend="llama.cpp")
+    if engine not in ENGINES:
+        choose_engine(target, engine)  # refused before anything loads
     src = resolve_source(target)
+    use, why = choose_engine(target, engine, src)
+    if use == "vllm":
+        from .vllm_engine import load_vllm
+
+        try:
+            eng, describe, ctx = load_vllm(src, gpu_memory_utilization, max_model_len)
+        except Exception as e:  # noqa: BLE001 - auto: vLLM could not load it (an architecture it lacks...)
+            if engine == "vllm":
+                raise
+            why = f"vLLM could not load it ({type(e).__name__}: {e})"
+            warn(f"serve: {why}; serving with the HF engine instead (--engine vllm makes this an error)")
+        else:
+            log(f"serve: engine vLLM for {target}")
+            return Loaded(None, eng.tok, src.name, src.template, describe, engine=eng, context_length=ctx,
+                          backend="vllm")
+    log(f"serve: engine HF (transformers) for {target}" + (f"; {why}" if why else ""))
     model, tok = load_causal_lm(src, merge=True)
     return Loaded(model, tok, src.name, src.template, src.describe())
 
@@ -72,13 +131,14 @@ def build_app(target: str | Loaded, opts: ServeOptions):
     """Return (FastAPI app, batcher) serving `target` (a path/preset, or an already Loaded model)."""
     if opts.threads and not is_gguf(target):  # a GGUF's llama.cpp threads are set when it loads
         torch.set_num_threads(opts.threads)
-    loaded = target if isinstance(target, Loaded) else load_for_serving(target, opts.threads, opts.context_length)
+    loaded = target if isinstance(target, Loaded) else load_for_serving(
+        target, opts.threads, opts.context_length, opts.engine, opts.gpu_memory_utilization, opts.max_model_len)
     model, tok = loaded.model, loaded.tok
     if not (opts.template or loaded.template):
         raise ExportError(f"{loaded.describe}: no chat template (neither an hf/ folder beside the GGUF nor "
                           f"tokenizer.chat_template in it); pass --template (deepseek-v3, deepseek-r1, chatml)")
     template = get_template(opts.template or loaded.template, tok)
-    if loaded.engine is not None:  # llama.cpp's context was fixed when the GGUF was loaded
+    if loaded.engine is not None:  # llama.cpp's or vLLM's context was fixed when the model was loaded
         ctx = min(opts.context_length or loaded.context_length, loaded.context_length)
     else:
         ctx = opts.context_length or int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
@@ -88,11 +148,14 @@ def build_app(target: str | Loaded, opts: ServeOptions):
                              opts.max_body_bytes)
     engine = loaded.engine or Engine(model, tok)
     batcher = DynamicBatcher(engine, opts.max_batch, opts.window_ms, opts.queue_size)
-    if loaded.engine is not None:
+    if loaded.backend == "llama.cpp":
         decoding = "llama.cpp decodes one request at a time (max_batch does not apply)"
+    elif loaded.backend == "vllm":
+        decoding = f"vLLM batches continuously, up to {opts.max_batch} requests in flight (--max-batch)"
     else:
         decoding = f"batching up to {opts.max_batch} within {opts.window_ms:g} ms; threads {torch.get_num_threads()}"
-    log(f"serve: {loaded.describe} as '{settings.model_name}'; template {template.name}; context {ctx}; "
+    log(f"serve: engine {loaded.backend}: {loaded.describe} as '{settings.model_name}'; template {template.name}; "
+        f"context {ctx}; "
         f"{decoding}; queue {opts.queue_size}; "
         f"limits: prompt {settings.prompt_cap} tokens, max_tokens {opts.max_tokens}, body {opts.max_body_bytes} "
         f"bytes; API key {'required' if key else 'off'}")
