@@ -35,6 +35,10 @@ SETUPS = {
     "naive": "HF Trainer + peft, padding='max_length' 512, labels = input_ids (the seeds' recipe)",
     "lf": "LLaMA-Factory 0.9.5 defaults (packing off)",
     "lf-packing": "LLaMA-Factory 0.9.5, packing: true",
+    # equal data (issue 22): LF's packing drops the records longer than the cutoff (285 of 1,000 here) while
+    # seektune truncates them; the -fit setups give both tools only the records that fit, the same for both
+    "seektune-fit": "seektune defaults on the records that fit in max_length",
+    "lf-packing-fit": "LLaMA-Factory 0.9.5, packing: true, on the records that fit in max_length",
 }
 LEVERS = {  # seektune with one lever changed, to measure what each is worth
     "seektune": {},
@@ -42,10 +46,21 @@ LEVERS = {  # seektune with one lever changed, to measure what each is worth
     "seektune-no-packing": {"data.packing": False},
     "seektune-grad-ckpt-all": {"train.gradient_checkpointing": True},
     "seektune-grad-ckpt-off": {"train.gradient_checkpointing": False},
-    "seektune-keep-freed-memory": {"train.return_freed_memory": False},
-    "seektune-thp": {"env:THP_MEM_ALLOC_ENABLE": "1"},  # torch's transparent-huge-page allocations
-    "seektune-mmap-16mb": {"train.return_freed_memory": True, "env:SEEKTUNE_MMAP_THRESHOLD_KB": "16384"},
-    "seektune-mmap-4mb": {"train.return_freed_memory": True, "env:SEEKTUNE_MMAP_THRESHOLD_KB": "4096"},
+    # issue 11's glibc levers (glibc named: the default allocator is jemalloc where installed)
+    "seektune-thp": {"train.allocator": "glibc", "env:THP_MEM_ALLOC_ENABLE": "1"},  # torch's transparent huge pages
+    "seektune-mmap-16mb": {"train.allocator": "glibc", "env:SEEKTUNE_MMAP_THRESHOLD_KB": "16384"},
+    "seektune-mmap-4mb": {"train.allocator": "glibc", "env:SEEKTUNE_MMAP_THRESHOLD_KB": "4096"},
+    # issue 22: another malloc instead of glibc's trade of memory for page faults (train.allocator;
+    # train.return_freed_memory auto = true on glibc, false on jemalloc/tcmalloc)
+    "seektune-glibc": {"train.allocator": "glibc"},
+    "seektune-glibc-keep": {"train.allocator": "glibc", "train.return_freed_memory": False},
+    "seektune-jemalloc": {"train.allocator": "jemalloc"},
+    "seektune-jemalloc-return": {"train.allocator": "jemalloc", "train.return_freed_memory": True},
+    "seektune-tcmalloc": {"train.allocator": "tcmalloc"},
+    "seektune-tcmalloc-return": {"train.allocator": "tcmalloc", "train.return_freed_memory": True},
+    # jemalloc's own defaults (arenas cache freed pages, purged after 10 s) instead of torch run_cpu's
+    # oversize_threshold:1, which sends every allocation to the arena that returns pages at once
+    "seektune-jemalloc-defaults": {"train.allocator": "jemalloc", "env:MALLOC_CONF": "background_thread:true"},
 }
 JOB = {"r": 16, "alpha": 32, "max_length": 512, "batch": 8, "lr": 1e-4, "records": 1000, "seed": 42}
 
@@ -120,6 +135,17 @@ def prepare(out: Path) -> tuple[str, Path]:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "alpaca.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     (data_dir / "dataset_info.json").write_text(json.dumps({"bench_alpaca": {"file_name": "alpaca.json"}}))
+    fit_dir = out / "data_fit"  # the records whose chat-templated text fits in max_length tokens
+    fit_dir.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    fit = [r for r in rows if len(tok.apply_chat_template(
+        [{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()},
+         {"role": "assistant", "content": r["output"]}], tokenize=True)) <= JOB["max_length"]]
+    (fit_dir / "alpaca.json").write_text(json.dumps(fit, ensure_ascii=False), encoding="utf-8")
+    (fit_dir / "dataset_info.json").write_text(json.dumps({"bench_alpaca": {"file_name": "alpaca.json"}}))
+    print(f"records: {len(rows)}; {len(fit)} fit in {JOB['max_length']} tokens (the -fit setups' data)", flush=True)
     return model_dir, data_dir
 
 
@@ -127,6 +153,11 @@ def prepare(out: Path) -> tuple[str, Path]:
 def child_seektune(a, overrides: dict) -> None:
     sys.path.insert(0, str(REPO / "src"))
     sys.path.insert(0, str(REPO / "bench"))
+    from seektune.engine.allocator import active, reexec_with
+
+    # what `seektune train` does first: re-execute on the configured malloc (default auto)
+    reexec_with(overrides.get("train.allocator", "auto"), overrides.get("train.return_freed_memory", "auto"))
+    print(f"allocator: {active()}", flush=True)
     from _meter import StepMeter, install
 
     from seektune.config import Config
@@ -197,6 +228,8 @@ def child_naive(a) -> None:
 
 def run_child(setup: str, a, model_dir: str, data_dir: Path, out: Path, overrides: dict | None = None) -> dict:
     result = out / f"{setup}.json"
+    if setup.endswith("-fit"):
+        data_dir = out / "data_fit"
     log = out / f"{setup}.log"
     common = ["--model-dir", model_dir, "--data-dir", str(data_dir), "--out", str(out), "--result", str(result),
               "--steps", str(a.steps), "--warmup", str(a.warmup), "--setup", setup]
@@ -209,7 +242,7 @@ def run_child(setup: str, a, model_dir: str, data_dir: Path, out: Path, override
         if not py.exists():
             return {"setup": setup, "error": f"LLaMA-Factory not installed: run bench/install_llamafactory.sh ({py})"}
         cmd = [str(py), str(REPO / "bench" / "lf_driver.py"), *common, "--job", json.dumps(JOB),
-               *(["--packing"] if setup == "lf-packing" else [])]
+               *(["--packing"] if setup.startswith("lf-packing") else [])]
     else:
         cmd = [sys.executable, __file__, "--child", *common, "--overrides", json.dumps(overrides or {})]
     t0 = time.time()

@@ -63,3 +63,70 @@ def test_checkpointed_training_gives_the_same_losses(tmp_path, alpaca_file):
         recs = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in recs if "loss" in r])
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+# -- the malloc of `seektune train` (engine/allocator.py, issue 22) ------------------------------------------
+def test_allocator_choice_names_the_install_when_an_asked_one_is_missing(monkeypatch):
+    from seektune.engine import allocator
+
+    monkeypatch.setattr(allocator, "find", lambda name: None)
+    assert allocator.choose("auto") == (None, "glibc") and allocator.choose("glibc") == (None, "glibc")
+    with pytest.raises(ValueError, match="apt-get install libjemalloc2"):
+        allocator.choose("jemalloc")
+    with pytest.raises(ValueError, match="libtcmalloc-minimal4"):
+        allocator.choose("tcmalloc")
+    with pytest.raises(ValueError, match="train.allocator"):
+        allocator.choose("mimalloc")
+    monkeypatch.setattr(allocator, "find", lambda name: f"/opt/lib{name}.so" if name == "jemalloc" else None)
+    assert allocator.choose("auto") == ("/opt/libjemalloc.so", "jemalloc")
+    monkeypatch.setattr(allocator, "find", lambda name: f"/opt/lib{name}.so")
+    assert allocator.choose("auto") == ("/opt/libtcmalloc.so", "tcmalloc")  # tcmalloc first (measured faster)
+
+
+def test_preload_env_puts_the_library_first_and_sets_its_release_policy():
+    from seektune.engine.allocator import MARKER, argv_for_exec, preload_env
+
+    env = preload_env("/x/libjemalloc.so.2", "jemalloc", True, {"LD_PRELOAD": "/y/other.so"})
+    assert env["LD_PRELOAD"] == "/x/libjemalloc.so.2:/y/other.so" and env[MARKER] == "jemalloc"
+    assert "dirty_decay_ms:10000" in env["MALLOC_CONF"] and "background_thread:true" in env["MALLOC_CONF"]
+    assert "dirty_decay_ms:-1" in preload_env("/x/j.so", "jemalloc", False, {})["MALLOC_CONF"]
+    assert preload_env("/x/j.so", "jemalloc", False, {"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"
+    assert preload_env("/x/t.so", "tcmalloc", False, {})["TCMALLOC_RELEASE_RATE"] == "0"
+    from seektune.engine.allocator import returns_freed
+
+    assert returns_freed("auto", "glibc") and not returns_freed("auto", "jemalloc") and returns_freed(True, "jemalloc")
+    assert "TCMALLOC_RELEASE_RATE" not in preload_env("/x/t.so", "tcmalloc", True, {})
+    assert argv_for_exec(["/v/lib/python3.11/site-packages/seektune/__main__.py", "train", "c.yaml"]) == \
+        ["-m", "seektune", "train", "c.yaml"]
+    assert argv_for_exec(["/v/bin/seektune", "train"]) == ["/v/bin/seektune", "train"]
+
+
+def _cli_losses(tmp_path, name, alpaca_file, allocator):
+    import subprocess
+
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(f"model: {{name_or_path: tiny-qwen2}}\nadapter: {{method: lora, r: 4, alpha: 8, dropout: 0.0}}\n"
+                   f"data: {{train: {alpaca_file}, max_length: 64, eval_ratio: 0, cache: false}}\n"
+                   f"train: {{max_steps: 3, batch_size: 2, lr: 0.005, logging_steps: 1, seed: 3, allocator: {allocator}, "
+                   f"output_dir: {tmp_path / name}}}\n")
+    r = subprocess.run([sys.executable, "-m", "seektune", "train", str(cfg), "--no-progress"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in recs if "loss" in x], r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD: Linux")
+def test_train_cli_runs_on_tcmalloc_and_jemalloc_and_learns_exactly_what_glibc_does(tmp_path, alpaca_file):
+    from seektune.engine.allocator import find
+
+    if find("jemalloc") is None:
+        pytest.skip("jemalloc is not installed (apt-get install libjemalloc2; .ci/run installs it)")
+    on_glibc, log_g = _cli_losses(tmp_path, "glibc", alpaca_file, "glibc")
+    on_jemalloc, log_j = _cli_losses(tmp_path, "jemalloc", alpaca_file, "jemalloc")
+    assert "host memory: jemalloc (freed pages kept for reuse)" in log_j, log_j[-800:]
+    assert "host memory: glibc, mmap threshold 4 MB" in log_g, log_g[-800:]
+    assert len(on_glibc) == 3 and on_jemalloc == on_glibc  # the malloc changes speed and memory, never numbers
+    if find("tcmalloc") is not None:  # auto takes it first
+        on_auto, log_a = _cli_losses(tmp_path, "auto", alpaca_file, "auto")
+        assert "host memory: tcmalloc" in log_a and on_auto == on_glibc, log_a[-800:]

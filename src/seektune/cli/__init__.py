@@ -58,6 +58,20 @@ def _interrupted(e) -> None:
     raise typer.Exit(e.exit_code)
 
 
+def _reexec_on_allocator(config: Path, overrides: list[str]) -> None:
+    """Before anything heavy is imported (all of it would be redone): `train.allocator`."""
+    from ..config import load_config
+    from ..engine.allocator import reexec_with
+
+    try:
+        cfg = load_config(config, overrides)
+        reexec_with(cfg.train.allocator, cfg.train.return_freed_memory)
+    except _user_errors() as e:  # evaluated only when something was raised
+        _fail(str(e))
+    except ValueError as e:  # an allocator asked for by name that is not installed
+        _fail(str(e))
+
+
 @app.command()
 def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
@@ -71,6 +85,8 @@ def train(config: Path = typer.Argument(..., help="YAML run configuration"),
           master_port: int = typer.Option(29500, "--master-port", help="rendezvous port on node 0")):
     """Train as the YAML config says, with the stage train.stage names (seektune stages lists them):
     sft, classify, rm, dpo, ppo. --nproc N runs N processes through torchrun."""
+    if nproc == 1 and nnodes == 1:  # a worker (torchrun's too): first onto jemalloc/tcmalloc when installed
+        _reexec_on_allocator(config, set_ or [])
     _quiet_libraries()
     from ..config import STAGES, ConfigError, load_config
     from ..utils.console import log

@@ -28,7 +28,7 @@ from ..engine.args import training_arguments
 from ..engine.callbacks import attach, standard_callbacks
 from ..engine.distributed import distributed_kwargs
 from ..engine.losses import fused_loss_supported, label_only_lm_loss, mean_over_tokens
-from ..engine.memory import plan_checkpointing, return_freed_memory
+from ..engine.memory import plan_checkpointing
 from ..engine.monitors import Health
 from ..engine.run import RunFolder
 from ..engine.summary import StageResult, evidence, make_summary
@@ -95,8 +95,6 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     """Train as `cfg` says. `init_adapter`: start from a saved peft adapter (continual fine-tuning)."""
     # 1. setup: threads, seed, model, template, data
     threads = configure_threads(cfg.train.num_threads)
-    if cfg.train.return_freed_memory and not torch.cuda.is_available():
-        return_freed_memory()
     set_seed(cfg.train.seed)
     model, tok, model_path = load_model(cfg.model, log=log, dropout=cfg.train.dropout,
                                         quantize=cfg.adapter.quantize_base)
