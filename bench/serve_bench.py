@@ -6,6 +6,10 @@ off (max_batch = 1). Prints completion tokens/s, requests/s and latency p50/p95 
 the on/off ratio. Usage:
 
     PYTHONPATH=src python bench/serve_bench.py --model smollm2-135m-instruct --clients 16 --requests 2
+    PYTHONPATH=src python bench/serve_bench.py --model OUT/NAME.f16.gguf --clients 8 --threads 2   # llama.cpp
+
+A .gguf is served by llama.cpp with as many parallel sequences as there are clients ("batching on"),
+and one at a time through the same engine ("batching off").
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def main():
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    loaded = load_for_serving(a.model)
+    loaded = load_for_serving(a.model, threads=a.threads, parallel=a.clients)  # parallel: llama.cpp sequences
     print(f"model {a.model}; {a.clients} clients x {a.requests} requests, max_tokens {a.max_tokens}, greedy; "
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = [run_mode(loaded, "batching on", a.clients, a.clients, a.requests, a.max_tokens, a.window_ms),

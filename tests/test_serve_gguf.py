@@ -104,16 +104,19 @@ def test_greedy_chat_is_llama_cpps_greedy_and_honours_max_tokens_and_stop(server
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent / "hf"), dtype=torch.float32).eval()
-    ids, compared = list(chat_ids(loaded, HELLO)), 0
-    with torch.no_grad():
-        for want in ref[:6]:
-            top2 = hf(torch.tensor([ids])).logits[0, -1].topk(2)
-            if float(top2.values[0] - top2.values[1]) < 0.05:  # f16 logits differ by up to ~0.02 here
-                break
-            assert int(top2.indices[0]) == want
-            ids.append(want)
-            compared += 1
-    assert compared >= 1, "the HF model's first choice was a near-tie: pick another prompt"
+    compared = 0
+    for msgs in [HELLO] + [[{"role": "user", "content": q}] for q in ("What helps a headache?", "Hi", "Tell me more.")]:
+        ids = list(chat_ids(loaded, msgs))
+        served = runner.greedy(ids, 6)  # what the server answers is llama.cpp's greedy (checked above)
+        with torch.no_grad():
+            for want in served:
+                top2 = hf(torch.tensor([ids])).logits[0, -1].topk(2)
+                if float(top2.values[0] - top2.values[1]) < 0.05:  # f16 logits differ by up to ~0.02 here
+                    break
+                assert int(top2.indices[0]) == want
+                ids.append(want)
+                compared += 1
+    assert compared >= 1, "every prompt's first choice was a near-tie for the HF model: add prompts"
 
 
 @needs_gguf

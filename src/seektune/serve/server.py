@@ -93,7 +93,7 @@ def choose_engine(target, engine: str = "auto", src=None) -> tuple[str, str]:
 
 def load_for_serving(target: str, threads: int | None = None, context_length: int | None = None,
                      engine: str = "auto", gpu_memory_utilization: float | None = None,
-                     max_model_len: int | None = None) -> Loaded:
+                     max_model_len: int | None = None, parallel: int = 1) -> Loaded:
     """Load the model of `target` with any LoRA merged (merged weights decode faster). A .gguf file is
     loaded into llama.cpp with `threads` and a context of its own length capped at `context_length`.
     A model folder goes to vLLM (`gpu_memory_utilization`, `max_model_len`) when `engine` says so, or
@@ -102,7 +102,7 @@ def load_for_serving(target: str, threads: int | None = None, context_length: in
         choose_engine(target, engine)  # --engine hf|vllm with a GGUF: refused
         from .llamacpp_engine import load_gguf
 
-        eng, name, template, describe, ctx = load_gguf(target, threads, context_length)
+        eng, name, template, describe, ctx = load_gguf(target, threads, context_length, parallel)
         return Loaded(None, eng.tok, name, template, describe, engine=eng, context_length=ctx, backend="llama.cpp")
     if engine not in ENGINES:
         choose_engine(target, engine)  # refused before anything loads
@@ -132,7 +132,8 @@ def build_app(target: str | Loaded, opts: ServeOptions):
     if opts.threads and not is_gguf(target):  # a GGUF's llama.cpp threads are set when it loads
         torch.set_num_threads(opts.threads)
     loaded = target if isinstance(target, Loaded) else load_for_serving(
-        target, opts.threads, opts.context_length, opts.engine, opts.gpu_memory_utilization, opts.max_model_len)
+        target, opts.threads, opts.context_length, opts.engine, opts.gpu_memory_utilization, opts.max_model_len,
+        parallel=opts.max_batch)
     model, tok = loaded.model, loaded.tok
     if not (opts.template or loaded.template):
         raise ExportError(f"{loaded.describe}: no chat template (neither an hf/ folder beside the GGUF nor "
@@ -149,7 +150,9 @@ def build_app(target: str | Loaded, opts: ServeOptions):
     engine = loaded.engine or Engine(model, tok)
     batcher = DynamicBatcher(engine, opts.max_batch, opts.window_ms, opts.queue_size)
     if loaded.backend == "llama.cpp":
-        decoding = "llama.cpp decodes one request at a time (max_batch does not apply)"
+        n = getattr(loaded.engine, "parallel", 1)
+        decoding = (f"llama.cpp decodes up to {n} requests together (--max-batch), sharing one KV cache of {ctx}"
+                    if n > 1 else "llama.cpp decodes one request at a time (--max-batch 1)")
     elif loaded.backend == "vllm":
         decoding = f"vLLM batches continuously, up to {opts.max_batch} requests in flight (--max-batch)"
     else:
