@@ -386,8 +386,9 @@ def test_export_page_gguf_summary_shows_agreement_tokenizer_and_the_ollama_comma
     assert "ollama create med -f exports/med/Modelfile" in md and "verification: passed" in md
 
 
-def test_chat_page_refuses_a_gguf_and_names_seektune_serve():
+def test_chat_page_loads_a_gguf_into_llama_cpp_when_it_exists_else_says_what_is_missing(tmp_path):
+    from seektune.export.errors import ExportError
     from seektune.ui.chat import ModelCache
 
-    with pytest.raises(ValueError, match="seektune serve exports/m/m.q4_k_m.gguf"):
-        ModelCache().get("exports/m/m.q4_k_m.gguf")
+    with pytest.raises(ExportError, match="no such GGUF file|llama.cpp"):
+        ModelCache().get(str(tmp_path / "m.q4_k_m.gguf"))  # the serving loader's own error, not a refusal

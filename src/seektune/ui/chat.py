@@ -17,7 +17,7 @@ from ..data.reasoning import ReasoningStream
 from ..data.templates import get_template
 from ..eval.generation import stop_token_ids
 from ..models.presets import PRESETS
-from ..serve.server import Loaded, is_gguf, load_for_serving
+from ..serve.server import Loaded, load_for_serving
 from .workspace import Workspace
 
 
@@ -44,9 +44,6 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, target: str) -> Loaded:
-        if is_gguf(target):  # stream_reply drives an HF model's generate(); a GGUF has none
-            raise ValueError(f"{target}: the Chat page runs HF models (a run, its export/hf folder or a preset); "
-                             f"chat with a GGUF through llama.cpp with `seektune serve {target}`")
         with self._lock:
             if target in self._models:
                 self._models.move_to_end(target)
@@ -58,15 +55,21 @@ class ModelCache:
             return loaded
 
 
+_ENGINE_LOCKS: dict[int, threading.Lock] = {}  # one generation at a time per engine (llama.cpp's is not reentrant)
+
+
 def stream_reply(loaded: Loaded, prompt: str, s: ChatSettings) -> Iterator[tuple[str, str]]:
     """(reasoning so far, answer so far) after each generated piece of text."""
-    import torch
-    from transformers import TextIteratorStreamer
-
     tok, model = loaded.tok, loaded.model
     template = get_template(loaded.template, tok)
     messages = ([{"role": "system", "content": s.system_prompt}] if s.system_prompt else []) + \
         [{"role": "user", "content": prompt}]
+    if loaded.engine is not None:  # a GGUF (llama.cpp) or vLLM: the serving engine decodes, as `seektune serve`
+        yield from _engine_reply(loaded, template, messages, s)
+        return
+    import torch
+    from transformers import TextIteratorStreamer
+
     ids = tok(template.prompt(messages), add_special_tokens=False, return_tensors="pt")
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     stops = stop_token_ids(tok, model)
@@ -97,4 +100,45 @@ def stream_reply(loaded: Loaded, prompt: str, s: ChatSettings) -> Iterator[tuple
         parts[kind] += text
     if errors:
         raise RuntimeError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
+    yield parts["reasoning"], parts["content"]
+
+
+def _engine_reply(loaded: Loaded, template, messages: list[dict], s: ChatSettings) -> Iterator[tuple[str, str]]:
+    """The reply from the Loaded's serving engine (its run() with one request), its deltas streamed."""
+    import queue
+
+    from ..serve.batcher import GenRequest
+
+    ids = loaded.tok(template.prompt(messages), add_special_tokens=False)["input_ids"]
+    req = GenRequest(ids, max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+    events: queue.Queue = queue.Queue()
+    req.emit = lambda kind, value: events.put((kind, value))  # from the generating thread
+    lock = _ENGINE_LOCKS.setdefault(id(loaded.engine), threading.Lock())
+
+    def work():
+        with lock:
+            try:
+                loaded.engine.run([req])
+            except BaseException as e:  # shown to the user instead of a hung stream
+                events.put(("error", f"{type(e).__name__}: {e}"))
+            events.put(("end", None))
+
+    threading.Thread(target=work, daemon=True).start()
+    splitter = ReasoningStream(bool(getattr(template, "opens_think", False)))
+    parts = {"reasoning": "", "content": ""}
+    error = None
+    while True:
+        kind, value = events.get()
+        if kind == "delta":
+            for k, text in splitter.feed(value):
+                parts[k] += text
+            yield parts["reasoning"], parts["content"]
+        elif kind == "error":
+            error = value
+        elif kind == "end":
+            break
+    for k, text in splitter.flush():
+        parts[k] += text
+    if error:
+        raise RuntimeError(f"generation failed: {error}")
     yield parts["reasoning"], parts["content"]
