@@ -194,13 +194,20 @@ def test_int8_quantises_fused_moe_experts_and_plain_transformers_loads_them(tmp_
         a, b = get(ref_model).detach(), get(got_model).detach()
         step = a.abs().amax(dim=-1, keepdim=True) / 127
         assert float((a - b).abs().max()) > 0 and bool(((a - b).abs() <= 0.51 * step + 1e-7).all())
-    # a clean interpreter runs it. Measured: cosine 0.983, top-1 73% against the merged model: int8 noise flips
-    # the top-2 routing of this random tiny MoE on some tokens (the dense tiny Qwen2 above keeps 94%)
+    # a clean interpreter runs exactly that model. Against the merged model the logits move more than for the
+    # dense Qwen2 (cosine 0.92-0.98 over LoRA seeds): int8 noise flips the top-2 routing of this random tiny
+    # MoE on some tokens
+    from transformers import PreTrainedTokenizerFast
+
     prompts = verify_prompts(tok, src.template)
-    ref = _plain_transformers_logits(merged, prompts, tmp_path)
     got = _plain_transformers_logits(q, prompts, tmp_path)
+    fast = PreTrainedTokenizerFast.from_pretrained(str(q))
+    with torch.no_grad():
+        here = [got_model(**fast(p, add_special_tokens=False, return_tensors="pt")).logits[0] for p in prompts]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(here, got))
+    ref = _plain_transformers_logits(merged, prompts, tmp_path)
     cos = torch.nn.functional.cosine_similarity(torch.cat(ref).flatten(), torch.cat(got).flatten(), dim=0)
-    assert cos > 0.95, float(cos)
+    assert cos > 0.85, float(cos)
 
 
 def test_export_refuses_to_overwrite_and_names_the_folder(lora_run, tmp_path):
