@@ -20,7 +20,8 @@ def make_lora_run(run_dir: Path, preset: str = "tiny-qwen2", seed: int = 0) -> P
     cfg = Config.model_validate({"model": {"name_or_path": preset}, "adapter": {"method": "lora", "r": 4},
                                  "train": {"output_dir": str(run_dir)}})
     model, tok, _ = load_model(cfg.model, log=lambda *_: None)
-    torch.manual_seed(seed)  # LoRA A's init draws from the global generator: the same run whatever ran before
+    torch.manual_seed(10_007 + seed)  # LoRA A draws from the global generator: the same run whatever ran before
+    # (a seed other than the base model's 0, or A would repeat the first weights of the model)
     model, _ = apply_adapter(model, cfg.adapter, "causal_lm")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
