@@ -140,9 +140,12 @@ def prepare(out: Path) -> tuple[str, Path]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    fit = [r for r in rows if len(tok.apply_chat_template(
-        [{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()},
-         {"role": "assistant", "content": r["output"]}], tokenize=True)) <= JOB["max_length"]]
+    def length(r: dict) -> int:
+        text = tok.apply_chat_template([{"role": "user", "content": (r["instruction"] + "\n" + r.get("input", "")).strip()},
+                                        {"role": "assistant", "content": r["output"]}], tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    fit = [r for r in rows if length(r) <= JOB["max_length"]]
     (fit_dir / "alpaca.json").write_text(json.dumps(fit, ensure_ascii=False), encoding="utf-8")
     (fit_dir / "dataset_info.json").write_text(json.dumps({"bench_alpaca": {"file_name": "alpaca.json"}}))
     print(f"records: {len(rows)}; {len(fit)} fit in {JOB['max_length']} tokens (the -fit setups' data)", flush=True)
