@@ -101,6 +101,18 @@ def test_preload_env_puts_the_library_first_and_sets_its_release_policy():
     assert argv_for_exec(["/v/bin/seektune", "train"]) == ["/v/bin/seektune", "train"]
 
 
+def test_reexec_never_replaces_a_process_that_is_not_the_seektune_command(monkeypatch):
+    """pytest, CliRunner, a notebook: exec would replace them (and pytest's captured stdout with them)."""
+    from seektune.engine import allocator
+
+    monkeypatch.setattr(allocator, "find", lambda name: "/opt/libtcmalloc.so")
+    monkeypatch.delenv(allocator.MARKER, raising=False)
+    monkeypatch.setattr(allocator.os, "execve", lambda *a: pytest.fail(f"exec {a[:2]}"))
+    allocator.reexec_with("auto", argv=["/v/lib/python3.11/site-packages/pytest/__main__.py", "-q"])
+    assert not allocator.is_seektune_cli(["/x/ipykernel_launcher.py"])
+    assert allocator.is_seektune_cli(["/v/bin/seektune", "train"])
+
+
 def _cli_losses(tmp_path, name, alpaca_file, allocator):
     import subprocess
 

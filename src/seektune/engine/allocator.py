@@ -113,16 +113,22 @@ def reexec_with(setting: str, return_freed="auto", argv: list[str] | None = None
     """Re-execute this process (same interpreter and arguments) on the chosen allocator, once. Returns
     without doing anything when glibc is chosen, when that allocator already runs, or in the
     re-executed process itself. Call before heavy imports: nothing done before it survives."""
-    if os.environ.get(MARKER) or os.environ.get("SEEKTUNE_NO_REEXEC"):
-        return
-    path, name = choose(setting)
+    argv = list(sys.argv if argv is None else argv)
+    path, name = choose(setting)  # an allocator asked for by name but missing is an error everywhere
+    if os.environ.get(MARKER) or os.environ.get("SEEKTUNE_NO_REEXEC") or not is_seektune_cli(argv):
+        return  # in-process callers (tests, CliRunner, notebooks) keep their process: exec would replace it
     if path is None or active() == name:
         return
-    argv = list(sys.argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *(_python_flags()), *argv_for_exec(argv)],
               preload_env(path, name, returns_freed(return_freed, name)))
+
+
+def is_seektune_cli(argv: list[str]) -> bool:
+    """True when this process is the `seektune` command itself (its console script or `python -m seektune`)."""
+    first = Path(argv[0]) if argv else Path()
+    return first.name == "seektune" or (first.name == "__main__.py" and first.parent.name == "seektune")
 
 
 def _python_flags() -> list[str]:
