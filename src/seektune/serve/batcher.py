@@ -70,6 +70,10 @@ class Engine:
         for i in range(1, len(seq)):
             v, j = logp[i - 1].topk(k)
             tops.append({self.tok.decode([int(t)]): float(x) for x, t in zip(v, j)})
+        return self._echo_response(ids, seq, token_lp, tops)
+
+    def _echo_response(self, ids: list[int], seq: list[int], token_lp: list, tops: list) -> dict:
+        """The OpenAI `echo` + `logprobs` fields for the prompt `ids` and `seq` (prompt + one token)."""
         tokens = [self.tok.decode([t]) for t in seq]
         offsets, pos = [], 0
         for t in tokens:

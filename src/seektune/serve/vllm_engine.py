@@ -264,13 +264,7 @@ class VllmEngine(Engine):
         dists = list(out.prompt_logprobs[1:len(ids)]) + [c.logprobs[0]]  # dists[i - 1] predicts seq[i]
         token_lp: list[float | None] = [None] + [float(d[seq[i + 1]].logprob) for i, d in enumerate(dists)]
         tops: list[dict | None] = [None] + [self._top(d, k) for d in dists]
-        tokens = [self.tok.decode([t]) for t in seq]
-        offsets, pos = [], 0
-        for t in tokens:
-            offsets.append(pos)
-            pos += len(t)
-        return {"text": "".join(tokens), "tokens": tokens, "token_logprobs": token_lp, "top_logprobs": tops,
-                "text_offset": offsets, "prompt_tokens": len(ids)}
+        return self._echo_response(ids, seq, token_lp, tops)
 
     def _top(self, dist: dict, k: int) -> dict:
         """vLLM's {token id: Logprob} (the top k by rank, plus the actual token) as {text: logprob}."""
