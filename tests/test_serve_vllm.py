@@ -302,7 +302,7 @@ def test_loading_builds_vllm_from_the_folder_with_the_hf_paths_tokenizer_and_eos
     from seektune.export.source import resolve_source
 
     path = str(resolve_source("tiny-qwen2").path)
-    assert args["model"] == path and args["tokenizer"] == path and args["trust_remote_code"] is False
+    assert args["model"] == path and args["tokenizer"] == path and args.get("trust_remote_code", False) is False  # vLLM's default: no remote code
     assert args["gpu_memory_utilization"] == 0.5 and args["max_model_len"] == 512
     assert "through vLLM 0.0.fake" in loaded.describe and loaded.template == hf.template == "auto"
     assert loaded.engine.eos_ids == Engine(hf.model, hf.tok).eos_ids  # stops where the HF engine stops

@@ -337,7 +337,7 @@ def load_vllm(path, gpu_memory_utilization: float | None = None, max_model_len: 
                           f"cannot resize them (the HF engine does): export the merged model or use --engine hf")
     tok_dir = next(c for c in (src.path, src.base_path) if c and (Path(c) / "tokenizer_config.json").exists())
     gpu = 0.9 if gpu_memory_utilization is None else float(gpu_memory_utilization)
-    args = AsyncEngineArgs(model=str(src.path), tokenizer=str(tok_dir), dtype="auto", trust_remote_code=False,
+    args = AsyncEngineArgs(model=str(src.path), tokenizer=str(tok_dir), dtype="auto",
                            gpu_memory_utilization=gpu, max_model_len=max_model_len)
     loop, thread = _start_loop()
     try:
