@@ -436,6 +436,8 @@ def test_two_grpo_steps_change_the_adapter_and_log_every_reward(tmp_path, preset
         assert e["n"] == s["data"]["eval"] > 0 and e["before"] is not None and e["after"] is not None
     d = s["details"]
     assert d["rewards"] == ["variety", "repetition_penalty"] and d["num_generations"] == 4
+    # grouped rollouts (the CPU default): one prefill per prompt, shared by its 4 completions
+    assert d["rollouts"] == "grouped" and d["rollout_work"]["completions"] == 4 * d["rollout_work"]["prompts"] == 8
     assert d["samples"] and all({"prompt", "completion", "reference", "rewards"} <= set(x) for x in d["samples"])
     assert set(d["samples"][0]["rewards"]) == {"variety", "repetition_penalty"}
     assert "#### " in d["samples"][0]["reference"]
@@ -448,7 +450,7 @@ def test_two_grpo_steps_change_the_adapter_and_log_every_reward(tmp_path, preset
 def test_grpo_on_deepseek_v2_and_with_full_fine_tuning(tmp_path, preset, method):
     """DeepSeek-V2 (MLA without q compression + MoE, router frozen) with LoRA, and full fine-tuning:
     two steps move the trainable weights, and final/ is an adapter or a plain model accordingly."""
-    cfg = _grpo_cfg(tmp_path, preset)
+    cfg = _grpo_cfg(tmp_path, preset, generation="transformers")  # trl's own generate path stays covered
     cfg.adapter.method = method
     snap = Snapshot()
     result = train(cfg, callbacks=[snap])
@@ -463,6 +465,8 @@ def test_grpo_on_deepseek_v2_and_with_full_fine_tuning(tmp_path, preset, method)
         assert any("self_attn.q_proj" in n for n in moved)
         assert (tmp_path / "run" / "final" / "config.json").exists()
     assert all("rewards/variety/mean" in r for r in _records(tmp_path / "run") if "loss" in r)
+    d = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))["details"]
+    assert d["rollouts"] == "transformers" and d["rollout_work"] is None
 
 
 @pytest.mark.parametrize("opts, check", [

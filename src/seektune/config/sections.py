@@ -254,6 +254,13 @@ class TrainConfig(Section):
         "auto", description="CPU: hand freed memory back to the OS during training. auto = true on glibc (mmap "
         "threshold 4 MB: without it glibc kept freed activations, peak RSS 1.6x, steps 1.34x faster), false on "
         "jemalloc/tcmalloc (they reuse freed pages at no memory cost); true on jemalloc purges pages idle for 10 s")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="CUDA GPU: bf16/fp16 autocast over fp32 master weights (TrainingArguments bf16/fp16; "
+        "fp16 with loss scaling). Refused on CPU, where bf16 matmuls were ~100x slower than fp32; model.dtype "
+        "bfloat16 trains in bf16 without this")
+    liger_kernel: bool = Field(
+        False, description="CUDA GPU: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear + cross-entropy) "
+        "patched in by transformers' use_liger_kernel; needs `pip install liger-kernel` (not a seektune dependency)")
     fused_loss: bool = Field(True, description="causal LM: run the LM head and cross-entropy only on labelled positions, "
                              "in chunks (less memory, faster); false = the model's own loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)

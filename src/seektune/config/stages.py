@@ -41,7 +41,8 @@ LOOP = ("train.max_steps", "train.epochs", "train.batch_size", "train.eval_batch
         "train.weight_decay", "train.max_grad_norm", "train.logging_steps", "train.eval_steps", "train.save_steps",
         "train.keep_checkpoints", "train.layerwise_lr", "train.early_stopping", "train.dropout",
         "train.allocator", "train.return_freed_memory", "train.gradient_checkpointing", "train.activation_budget_gb",
-        "train.distributed", "train.fsdp.*", "train.deepspeed.*", "monitor.*")
+        "train.distributed", "train.fsdp.*", "train.deepspeed.*", "train.mixed_precision", "train.liger_kernel",
+        "monitor.*")
 # ppo builds its own optimizer (no parameter groups), so LoRA+'s rate for the B matrices would be ignored there
 ADAPTER_BUT_LORAPLUS = tuple(f"adapter.{k}" for k in AdapterConfig.model_fields if k != "loraplus_lr_ratio")
 # benchmarks before and after (stages/__init__.py runs them around any stage that trains a causal LM)

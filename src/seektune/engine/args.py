@@ -88,8 +88,9 @@ def training_arguments(cfg, run_dir: Path, has_eval: bool, dist_kwargs: dict | N
         report_to="none",
         disable_tqdm=True,
         use_cpu=cpu,
-        bf16=False if cpu else cfg.model.dtype == "bfloat16",
-        fp16=False,
+        bf16=False if cpu else (cfg.model.dtype == "bfloat16" or t.mixed_precision == "bf16"),
+        fp16=not cpu and t.mixed_precision == "fp16",
+        use_liger_kernel=t.liger_kernel,
         remove_unused_columns=False,
         activation_checkpointing=checkpoint_every is not None,
         # every_n_layers only when it is not 1: trl passes these kwargs on to torch's checkpoint, which refuses it
@@ -116,6 +117,32 @@ def trl_args(config_cls, cfg, run_dir: Path, has_eval: bool, dist_kwargs: dict |
         kw["save_steps"] = AUTO_SAVE_SHARE  # post_init turned the share into a step count it cannot know yet
     kw.update(bf16=False if base.use_cpu else kw.get("bf16"), **extra)  # trl defaults to bf16=True: 70x slower on CPU
     return config_cls(**kw)
+
+
+def gpu_switch_problems(cfg) -> list[str]:
+    """Why this machine cannot honour the GPU-only training switches (empty when it can or none is set)."""
+    import importlib.util
+
+    t, out = cfg.train, []
+    cuda = torch.cuda.is_available()
+    if t.mixed_precision != "no":
+        if not cuda:
+            out.append(f"train.mixed_precision: {t.mixed_precision} autocasts on a CUDA GPU and torch sees none here "
+                       "(on CPU bf16 matmuls were ~100x slower than fp32); set it to no")
+        elif cfg.model.dtype in ("bfloat16", "float16"):
+            out.append(f"train.mixed_precision: {t.mixed_precision} is autocast over fp32 weights, but model.dtype is "
+                       f"{cfg.model.dtype}; set model.dtype: float32 (or mixed_precision: no to train in "
+                       f"{cfg.model.dtype})")
+        elif t.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+            out.append("train.mixed_precision: bf16 needs a GPU with bf16 (Ampere or newer); use fp16")
+    if t.liger_kernel:
+        if not cuda:
+            out.append("train.liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs and torch sees none "
+                       "here; set it to false")
+        elif importlib.util.find_spec("liger_kernel") is None:
+            out.append("train.liger_kernel: liger-kernel is not installed (pip install liger-kernel; not a seektune "
+                       "dependency)")
+    return out
 
 
 def save_steps_share(t) -> float | None:

@@ -30,6 +30,7 @@ def recipe(name: str):
 def run_stage(cfg, resume: bool = False, overwrite: bool = False, progress: bool = True,
               callbacks: list | None = None, **recipe_kw) -> StageResult:
     """Train `cfg` with its stage's recipe into its run folder; returns the recipe's result."""
+    from ..engine.args import gpu_switch_problems
     from ..engine.memory import apply_host_policy
     from ..eval.report import write_report
     from ..models.loader import quantize_problem
@@ -41,6 +42,9 @@ def run_stage(cfg, resume: bool = False, overwrite: bool = False, progress: bool
     problem = quantize_problem(cfg.adapter.quantize_base)  # before a run folder exists: the machine cannot do it
     if problem:
         raise ConfigError(f"adapter.quantize_base: {problem}")
+    switches = gpu_switch_problems(cfg)
+    if switches:
+        raise ConfigError("; ".join(switches))
     run = RunFolder.start(cfg, resume=resume, overwrite=overwrite)
     log(f"host memory: {apply_host_policy(cfg.train.return_freed_memory)}")
     bench = _benchmarks(cfg, run, progress)

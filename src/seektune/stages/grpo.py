@@ -29,6 +29,7 @@ from transformers import TrainerCallback, set_seed
 from ..data.prompts import load_prompt_data
 from ..data.reasoning import THINK_OPEN
 from ..data.templates import get_template
+from ..engine.rollout import RolloutStats, Sampling, group_rollout
 from ..engine.run import RunFolder
 from ..engine.summary import StageResult, evidence, make_summary
 from ..engine.trainer import SeekTrainerMixin
@@ -49,15 +50,42 @@ def _trainer_cls():
         """trl's GRPOTrainer on the engine (schedules, NaN guard, crash-safe checkpoints, monitors), with the
         rollout phase timed: `rollout/seconds` and `rollout/tokens_per_s` (generated tokens) per step."""
 
-        def _generate_single_turn(self, prompt_ids, *a, **kw):
+        seek_grouped = False  # grpo.generation: grouped (set by run)
+        seek_rollout_stats = None
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
             t0 = time.perf_counter()
-            out = super()._generate_single_turn(prompt_ids, *a, **kw)
+            if self.seek_grouped and not images and not multimodal_fields:
+                out = self._grouped_rollout(prompt_ids)
+            else:
+                out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
             dt = time.perf_counter() - t0
             n = sum(len(c) for c in out[0])
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["rollout/seconds"].append(dt)
             self._metrics[mode]["rollout/tokens_per_s"].append(n / dt if dt > 0 else 0.0)
             return out
+
+        def _grouped_rollout(self, prompt_ids):
+            """engine/rollout.py's group rollout with trl's sampling settings, inside trl's own unwrap (which
+            switches gradient checkpointing off so the KV cache is used)."""
+            from trl.models import unwrap_model_for_generation
+
+            g = self.generation_config
+            if (g.min_p or 0) > 0 or (g.repetition_penalty or 1.0) != 1.0:
+                raise ValueError("grpo.generation: grouped samples with temperature/top_k/top_p only; min_p and "
+                                 "repetition_penalty need grpo.generation: transformers")
+            sampling = Sampling(max_new_tokens=self.max_completion_length, temperature=g.temperature or 1.0,
+                                top_k=g.top_k or 0, top_p=1.0 if g.top_p is None else g.top_p)
+            with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                             gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                             generation_kwargs=self.generation_kwargs,
+                                             gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+                                             ) as unwrapped, torch.no_grad():
+                completions = group_rollout(unwrapped, [list(p) for p in prompt_ids], sampling,
+                                            set(self.eos_token_ids), self._tokenizer.pad_token_id,
+                                            stats=self.seek_rollout_stats)
+            return completions, None
 
     return SeekGRPOTrainer
 
@@ -141,10 +169,13 @@ def heldout(model, tok, template, items, texts: list[str], rewards, opts, cfg) -
     return {"scores": scores, "samples": samples, "n": len(items)}
 
 
-def _use_vllm(opts) -> bool:
-    if opts.generation == "vllm":
-        return True
-    return opts.generation == "auto" and torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+def _rollout_engine(opts) -> str:
+    """vllm, grouped or transformers: what grpo.generation asks for (auto: vLLM on a GPU machine that has it)."""
+    if opts.generation != "auto":
+        return opts.generation
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    return "grouped"
 
 
 def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = None) -> StageResult:
@@ -180,7 +211,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     rewards = build_rewards(o.rewards, Context(opens_think, o.max_completion_length))
     _preflight(rewards, train)
     log("rewards: " + ", ".join(f"{r.name} x{w}" for r, w in zip(rewards, o.reward_weights or [1.0] * len(rewards))))
-    use_vllm = _use_vllm(o)
+    engine = _rollout_engine(o)
+    use_vllm = engine == "vllm"
     before = run.before("heldout", lambda: heldout(model, tok, template, ev[0], ev[1], rewards, o, cfg))
     if before:
         log("held-out before (greedy): " + ", ".join(f"{k} {v}" for k, v in before["scores"].items()))
@@ -195,6 +227,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, reward_weights=o.reward_weights,
         mask_truncated_completions=o.mask_truncated_completions, use_vllm=use_vllm,
         disable_dropout=o.disable_dropout, log_completions=False, shuffle_dataset=True)
+    trainer.seek_grouped = engine == "grouped"
+    trainer.seek_rollout_stats = RolloutStats()
     monitor = RolloutMonitor(o, health)
     if run.resume_from:  # metrics.jsonl holds exactly the steps up to the checkpoint (RunFolder.start cut it)
         monitor.replay(_logged_steps(run.metrics))
@@ -202,7 +236,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     log(f"grpo: {o.num_generations} completions per prompt, {cfg.train.batch_size * cfg.train.grad_accum // o.num_generations}"
         f" prompt(s) per step, loss {o.loss_type}" + (" (GSPO: sequence-level ratios)" if o.importance_sampling_level
                                                       == "sequence" else "") + f", beta {o.beta}, rollouts by "
-        + ("vLLM" if use_vllm else "transformers generate"))
+        + {"vllm": "vLLM", "grouped": "grouped decoding (one prefill per prompt)",
+                    "transformers": "transformers generate"}[engine])
 
     # 2. train
     t_train = time.time()
@@ -243,7 +278,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
                 {"title": "GRPO: KL to the reference", "keys": ["kl"]}],
         rewards=[r.name for r in rewards], reward_weights=o.reward_weights, loss_type=o.loss_type,
         importance_sampling_level=o.importance_sampling_level, num_generations=o.num_generations,
-        rollouts="vllm" if use_vllm else "transformers", heldout_before=(before or {}).get("scores"),
+        rollouts=engine, rollout_work=vars(trainer.seek_rollout_stats) if engine == "grouped" else None, heldout_before=(before or {}).get("scores"),
         heldout_after=(after or {}).get("scores"), samples=samples, nonfinite_skipped=health.nonfinite_total)
     return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
 

@@ -83,8 +83,10 @@ class GRPOOptions(StageOptions):
     top_k: int = Field(0, ge=0, description="0 = no top-k cut")
     mask_truncated_completions: bool = Field(False, description="leave completions cut at the length limit out of "
                                              "the loss (DAPO)")
-    generation: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="rollout engine: vllm when installed on a GPU machine (auto), else transformers generate")
+    generation: Literal["auto", "grouped", "transformers", "vllm"] = Field(
+        "auto", description="rollout engine: grouped (one prefill per prompt shared by its group, finished "
+        "completions leave the batch; engine/rollout.py), transformers (trl's model.generate on the repeated "
+        "prompts), vllm; auto = vllm when installed on a GPU machine, else grouped")
     disable_dropout: bool = Field(True, description="dropout off while training (trl's default)")
     warn_truncated_share: float = Field(0.5, gt=0, le=1, description="warn when more completions than this are cut "
                                         "at max_completion_length ...")

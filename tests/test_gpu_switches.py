@@ -1,0 +1,67 @@
+"""GPU-only training switches (train.mixed_precision, train.liger_kernel): mapped onto the Trainer's
+arguments on a CUDA machine, refused by name where the machine cannot honour them, never ignored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seektune.config import Config, ConfigError, validate_config
+from seektune.engine.args import gpu_switch_problems
+from seektune.stages import run_stage
+
+
+def _cfg(tmp_path, **train):
+    return Config.model_validate({"model": {"name_or_path": "tiny-qwen2"},
+                                  "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1, **train}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+@pytest.mark.parametrize("train, key", [({"mixed_precision": "bf16"}, "train.mixed_precision: bf16 autocasts"),
+                                        ({"mixed_precision": "fp16"}, "train.mixed_precision: fp16 autocasts"),
+                                        ({"liger_kernel": True}, "train.liger_kernel: Liger's kernels")])
+def test_on_cpu_the_gpu_switches_stop_the_run_by_name_before_a_run_folder_exists(tmp_path, train, key):
+    with pytest.raises(ConfigError, match=key):
+        run_stage(_cfg(tmp_path, **train), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_on_a_gpu_they_need_fp32_weights_bf16_hardware_and_the_liger_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "liger_kernel" else real(n, *a))
+    cfg = _cfg(tmp_path, mixed_precision="bf16", liger_kernel=True)
+    got = " | ".join(gpu_switch_problems(cfg))
+    assert "bf16 needs a GPU with bf16" in got and "liger-kernel is not installed" in got
+    cfg.model.dtype = "bfloat16"
+    assert "model.dtype is bfloat16" in " | ".join(gpu_switch_problems(cfg))
+    assert gpu_switch_problems(_cfg(tmp_path, mixed_precision="fp16")) == []
+    assert gpu_switch_problems(_cfg(tmp_path)) == []
+
+
+def test_the_trainer_gets_the_switches_on_a_gpu(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    from seektune.engine import args as args_mod
+
+    seen = {}
+
+    def fake(**kw):
+        seen.update(kw)
+        return kw
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(args_mod, "TrainingArguments", fake)
+    args_mod.training_arguments(_cfg(tmp_path, mixed_precision="fp16", liger_kernel=True), tmp_path, False)
+    assert seen["fp16"] is True and seen["bf16"] is False and seen["use_liger_kernel"] is True
+    args_mod.training_arguments(_cfg(tmp_path, mixed_precision="bf16"), tmp_path, False)
+    assert seen["bf16"] is True and seen["fp16"] is False and seen["use_liger_kernel"] is False
+    assert {"use_liger_kernel", "fp16", "bf16"} <= set(TrainingArguments.__dataclass_fields__)
+
+
+def test_a_stage_with_its_own_loop_refuses_them_as_unused_keys():
+    with pytest.raises(ConfigError, match="train.mixed_precision: not used by stage ppo"):
+        validate_config({"train": {"stage": "ppo", "mixed_precision": "bf16"}, "ppo": {"reward_model": "x"}})
