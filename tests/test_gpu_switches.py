@@ -65,3 +65,28 @@ def test_the_trainer_gets_the_switches_on_a_gpu(tmp_path, monkeypatch):
 def test_a_stage_with_its_own_loop_refuses_them_as_unused_keys():
     with pytest.raises(ConfigError, match="train.mixed_precision: not used by stage ppo"):
         validate_config({"train": {"stage": "ppo", "mixed_precision": "bf16"}, "ppo": {"reward_model": "x"}})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it on one)")
+@pytest.mark.parametrize("train", [{"mixed_precision": "bf16"}, {"mixed_precision": "fp16"},
+                                   {"mixed_precision": "bf16", "liger_kernel": True}])
+def test_on_a_gpu_the_switches_train_as_fp32_does(tmp_path, train, alpaca_file):
+    import importlib.util
+    import json
+
+    if train.get("liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        pytest.skip("liger-kernel is not installed")
+
+    def losses(name, **over):
+        cfg = Config.model_validate({"model": {"name_or_path": "tiny-qwen2"},
+                                     "data": {"train": str(alpaca_file), "eval_ratio": 0.0},
+                                     "train": {"output_dir": str(tmp_path / name), "max_steps": 4, "batch_size": 2,
+                                               "lr": 1e-3, "logging_steps": 1, "seed": 0, **over},
+                                     "eval": {"before_after": False, "report": False}})
+        run_stage(cfg, progress=False)
+        recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in recs if "loss" in r]
+
+    ref, got = losses("fp32"), losses("switched", **train)
+    assert len(got) == len(ref) == 4 and all(x == x for x in got)
+    assert max(abs(a - b) for a, b in zip(ref, got)) < 0.05 * max(abs(x) for x in ref)
