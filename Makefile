@@ -49,8 +49,10 @@ gpu-wheels: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/seektune demo
 
+# Two workers on 2 cores, each pinned to its own core (tests/conftest.py), whole files per worker so a
+# module's fixtures are built once; at most 4 workers on bigger machines (memory).
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile --durations=25
 
 # The full form of the slow checks (real-model thresholds, longer runs).
 test-long: $(STAMP)

@@ -97,3 +97,27 @@ def test_sampled_first_tokens_follow_the_warped_distribution():
     again = group_rollout(model, [prompt] * 50, Sampling(max_new_tokens=4, temperature=0.8), {VOCAB - 1}, PAD)
     torch.manual_seed(11)
     assert group_rollout(model, [prompt] * 50, Sampling(max_new_tokens=4, temperature=0.8), {VOCAB - 1}, PAD) == again
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_merged_lora_computes_what_peft_computes_and_leaves_the_base_untouched(dora):
+    from peft import LoraConfig, get_peft_model
+
+    from seektune.models.lora_inference import merged_lora
+
+    model = get_peft_model(_model("qwen2"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
+                                                                                          "down_proj"],
+                                                        use_dora=dora, init_lora_weights=False))
+    model.train()  # trl's rollouts run with the policy in train mode (dropout 0)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    x = torch.tensor([_prompts(1)[0]])
+    with torch.no_grad():
+        want = model(x).logits
+        with merged_lora(model) as n:
+            got = model(x).logits
+    assert n == (0 if dora else 6), "plain LoRA layers are merged; DoRA keeps peft's forward"
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert all(torch.equal(p, base[k]) for k, p in model.named_parameters() if "lora_" not in k)
+    assert not any("forward" in vars(m) for m in model.modules()), "peft's forward is back"
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, want)

@@ -124,13 +124,16 @@ def test_cli_train_with_set_override(tmp_path, alpaca_file):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert s["steps"] == 1
+    # the next two launches run in-process (the same CLI code, without two more ~10 s interpreter starts)
+    from typer.testing import CliRunner
+
+    from seektune.cli import app
+
     # a second launch into the same folder never mixes with the first run: it must say what it wants
-    r1 = subprocess.run([sys.executable, "-m", "seektune", "train", str(cfgf), "--set", "train.max_steps=1",
-                         "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert r1.returncode == 2 and "--resume" in r1.stderr and "--overwrite" in r1.stderr
+    r1 = CliRunner().invoke(app, ["train", str(cfgf), "--set", "train.max_steps=1", "--no-progress"])
+    assert r1.exit_code == 2 and "--resume" in r1.output and "--overwrite" in r1.output
     assert (tmp_path / "cli" / "final" / "adapter_config.json").exists(), "the refused launch must not touch the run"
     # with --overwrite it starts over, and hits the tokenised-data cache
-    r2 = subprocess.run([sys.executable, "-m", "seektune", "train", str(cfgf), "--set", "train.max_steps=1",
-                         "--no-progress", "--overwrite"], capture_output=True, text=True, timeout=300)
-    assert r2.returncode == 0, r2.stderr[-2000:]
-    assert "cache hit" in r2.stderr
+    r2 = CliRunner().invoke(app, ["train", str(cfgf), "--set", "train.max_steps=1", "--no-progress", "--overwrite"])
+    assert r2.exit_code == 0, r2.output[-2000:]
+    assert "cache hit" in r2.output

@@ -38,6 +38,7 @@ from ..eval.generation import GenerationSettings, generate_texts
 from ..eval.rewards import Context, build_rewards
 from ..models.adapters import apply_adapter
 from ..models.loader import load_model
+from ..models.lora_inference import merged_lora
 from ..utils.console import log
 from ..utils.threads import configure_threads
 from .common import trl_trainer
@@ -81,7 +82,7 @@ def _trainer_cls():
                                              gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                                              generation_kwargs=self.generation_kwargs,
                                              gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
-                                             ) as unwrapped, torch.no_grad():
+                                             ) as unwrapped, torch.no_grad(), merged_lora(unwrapped):
                 completions = group_rollout(unwrapped, [list(p) for p in prompt_ids], sampling,
                                             set(self.eos_token_ids), self._tokenizer.pad_token_id,
                                             stats=self.seek_rollout_stats)
