@@ -61,6 +61,9 @@ LEVERS = {  # seektune with one lever changed, to measure what each is worth
     # jemalloc's own defaults (arenas cache freed pages, purged after 10 s) instead of torch run_cpu's
     # oversize_threshold:1, which sends every allocation to the arena that returns pages at once
     "seektune-jemalloc-defaults": {"train.allocator": "jemalloc", "env:MALLOC_CONF": "background_thread:true"},
+    # regional torch.compile (engine/compile.py); its ~1 min compile falls in the warm-up step
+    "seektune-compile": {"train.compile": True},
+    "seektune-compile-fit": {"train.compile": True},
 }
 JOB = {"r": 16, "alpha": 32, "max_length": 512, "batch": 8, "lr": 1e-4, "records": 1000, "seed": 42}
 
@@ -324,7 +327,7 @@ def main():
         names = a.setups.split(",") if a.setups != ",".join(SETUPS) else list(LEVERS)
         plan = {k: LEVERS[k] for k in names}
     else:
-        plan = {s: None for s in a.setups.split(",")}
+        plan = {s: LEVERS.get(s) for s in a.setups.split(",")}  # a lever named among the setups runs as one
     raw = []
     for setup, overrides in plan.items():
         print(f"running {setup} ({a.warmup} + {a.steps} steps) ...", flush=True)

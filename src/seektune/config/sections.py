@@ -254,6 +254,11 @@ class TrainConfig(Section):
         "auto", description="CPU: hand freed memory back to the OS during training. auto = true on glibc (mmap "
         "threshold 4 MB: without it glibc kept freed activations, peak RSS 1.6x, steps 1.34x faster), false on "
         "jemalloc/tcmalloc (they reuse freed pages at no memory cost); true on jemalloc purges pages idle for 10 s")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="sft: torch.compile each decoder layer (engine/compile.py; inductor writes C++ on CPU). "
+        "1.31x faster steps on SmolLM2 + LoRA on 2 cores after a ~1 min compile on the first step. auto = on for "
+        "dense models with at least 200 optimizer steps (and a C++ compiler on CPU), falling back to eager if "
+        "the compile fails")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="CUDA GPU: bf16/fp16 autocast over fp32 master weights (TrainingArguments bf16/fp16; "
         "fp16 with loss scaling). Refused on CPU, where bf16 matmuls were ~100x slower than fp32; model.dtype "

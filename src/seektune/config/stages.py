@@ -67,7 +67,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("sft", "supervised fine-tuning of a causal LM on chat samples (prompt-masked loss, packing)",
           "seektune.stages.sft", None,
           ALWAYS + MODEL + ("adapter.*",) + DATA + CHAT + LOOP
-          + ("data.packing", "data.cache", "data.pipeline", "data.curriculum", "train.fused_loss",
+          + ("data.packing", "data.cache", "data.pipeline", "data.curriculum", "train.fused_loss", "train.compile",
              "train.label_smoothing", "train.replay", "train.ewc", "train.adversarial", "eval.*"),
           federated=True),
     Stage("classify", "sequence classification (one label per text) or token classification (NER tags)",

@@ -26,6 +26,7 @@ from ..data.sft import build_sft_data, pack_examples
 from ..data.templates import get_template
 from ..engine.args import training_arguments
 from ..engine.callbacks import attach, standard_callbacks
+from ..engine.compile import compile_decision, compile_layers, uncompile_layers
 from ..engine.distributed import distributed_kwargs
 from ..engine.losses import fused_loss_supported, label_only_lm_loss, mean_over_tokens
 from ..engine.memory import plan_checkpointing
@@ -86,6 +87,15 @@ class SFTTrainer(SeekTrainerMixin, Trainer):
         return out
 
 
+def _planned_steps(cfg, rows: int) -> int:
+    """Optimizer steps the run will take (train.max_steps, else epochs over the rows), for `compile: auto`."""
+    t = cfg.train
+    if t.max_steps > 0:
+        return t.max_steps
+    per_step = t.batch_size * t.grad_accum * world_size()
+    return int(-(-rows // per_step) * t.epochs) if rows else 0
+
+
 def _strip_meta(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k in ("input_ids", "labels", "position_ids")} for r in rows]
 
@@ -128,6 +138,11 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     model.config.use_cache = False  # a KV cache would disable packed-sequence masking during training
     ewc, perturber = setup_forgetting(cfg, model, tok, template, run)
 
+    planned = _planned_steps(cfg, len(train_rows))
+    compiled, why = compile_decision(cfg.train.compile, model, planned)
+    n_compiled = compile_layers(model, fallback_to_eager=cfg.train.compile == "auto") if compiled else 0
+    log(f"compile: {n_compiled} decoder layers ({why}; the first step compiles)" if compiled else f"compile: {why}")
+
     counter, health = TokenCounter(), Health()
     row_tokens = cfg.data.max_length if cfg.data.packing else max((len(r["input_ids"]) for r in train_rows), default=1)
     every_n, gc_line = plan_checkpointing(cfg.train.gradient_checkpointing, model, cfg.train.batch_size * row_tokens,
@@ -166,6 +181,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     t_train = time.time()
     out = trainer.train(resume_from_checkpoint=run.resume_from)
     train_s = time.time() - t_train
+    if n_compiled:
+        uncompile_layers(trainer.model)
     eval_after = trainer.evaluate()["eval_loss"] if eval_rows else None
     if eval_after is not None:
         log(f"eval loss after training: {eval_after:.4f}")
@@ -197,7 +214,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
         stopped_early=bool(es) and trainer.state.global_step < trainer.state.max_steps,
         nonfinite_skipped=health.nonfinite_total, real_tokens=counter.real,
         padding_share=round(counter.padding_share, 4),
-        real_tokens_per_s=round(counter.real / train_s, 2) if train_s > 0 else None)
+        real_tokens_per_s=round(counter.real / train_s, 2) if train_s > 0 else None, compiled_layers=n_compiled)
     return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
 
 
