@@ -39,6 +39,9 @@ SETUPS = {
     # seektune truncates them; the -fit setups give both tools only the records that fit, the same for both
     "seektune-fit": "seektune defaults on the records that fit in max_length",
     "lf-packing-fit": "LLaMA-Factory 0.9.5, packing: true, on the records that fit in max_length",
+    # seektune with train.compile: true (auto compiles runs of >= 200 steps; this job times 3)
+    "seektune-compile": "seektune defaults + train.compile: true (each decoder layer compiled)",
+    "seektune-compile-fit": "seektune + train.compile: true, on the records that fit in max_length",
 }
 LEVERS = {  # seektune with one lever changed, to measure what each is worth
     "seektune": {},
