@@ -254,6 +254,14 @@ def run_child(setup: str, a, model_dir: str, data_dir: Path, out: Path, override
                *(["--packing"] if setup.startswith("lf-packing") else [])]
     else:
         cmd = [sys.executable, __file__, "--child", *common, "--overrides", json.dumps(overrides or {})]
+        if setup.startswith("seektune"):  # the malloc `seektune train` would re-execute itself on (train.allocator)
+            sys.path.insert(0, str(REPO / "src"))
+            from seektune.engine.allocator import choose, preload_env, returns_freed
+
+            path, name = choose(overrides.get("train.allocator", "auto"))
+            if path:
+                env = preload_env(path, name, returns_freed(overrides.get("train.return_freed_memory", "auto"), name),
+                                  env)
     t0 = time.time()
     with open(log, "w") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
