@@ -121,3 +121,16 @@ def test_merged_lora_computes_what_peft_computes_and_leaves_the_base_untouched(d
     assert not any("forward" in vars(m) for m in model.modules()), "peft's forward is back"
     with torch.no_grad():
         assert torch.equal(model(x).logits, want)
+
+
+def test_a_cache_that_cannot_drop_rows_is_named_so_grpo_can_fall_back():
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from seektune.engine.rollout import UnsupportedCache
+
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
+                      max_window_layers=0, pad_token_id=PAD)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.raises(UnsupportedCache, match="rows cannot be dropped"):
+        group_rollout(model, _prompts(2), Sampling(max_new_tokens=3), {VOCAB - 1}, PAD)

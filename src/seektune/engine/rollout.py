@@ -19,6 +19,10 @@ from dataclasses import dataclass
 import torch
 
 
+class UnsupportedCache(TypeError):
+    """The model's KV cache cannot drop rows (sliding-window or static layers): decode with generate."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """What a rollout samples with; `do_sample=False` is greedy (for tests and held-out decoding)."""
@@ -110,8 +114,7 @@ def group_rollout(model, prompts: list[list[int]], sampling: Sampling, eos_ids: 
     stats.prefill_tokens += int(mask.sum())
     stats.completions += len(prompts)
     if not supports(cache):
-        raise TypeError(f"{type(cache).__name__}: rows cannot be dropped from this KV cache; use "
-                        "grpo.generation: transformers for this model")
+        raise UnsupportedCache(f"{type(cache).__name__}: rows cannot be dropped from this model's KV cache")
     # one row per completion: the prompt's cache repeated for its group
     src = torch.tensor([unique[tuple(p)] for p in prompts], device=device)
     cache.batch_select_indices(src)

@@ -29,7 +29,7 @@ from transformers import TrainerCallback, set_seed
 from ..data.prompts import load_prompt_data
 from ..data.reasoning import THINK_OPEN
 from ..data.templates import get_template
-from ..engine.rollout import RolloutStats, Sampling, group_rollout
+from ..engine.rollout import RolloutStats, Sampling, UnsupportedCache, group_rollout
 from ..engine.run import RunFolder
 from ..engine.summary import StageResult, evidence, make_summary
 from ..engine.trainer import SeekTrainerMixin
@@ -56,9 +56,15 @@ def _trainer_cls():
 
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, **kw):
             t0 = time.perf_counter()
+            out = None
             if self.seek_grouped and not images and not multimodal_fields:
-                out = self._grouped_rollout(prompt_ids)
-            else:
+                try:
+                    out = self._grouped_rollout(prompt_ids)
+                except UnsupportedCache as e:
+                    self.seek_grouped = False
+                    msg = f"grpo.generation: grouped: {e}; the rollouts use transformers generate"
+                    self.health.warn(msg) if self.health is not None else log(msg)
+            if out is None:
                 out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
             dt = time.perf_counter() - t0
             n = sum(len(c) for c in out[0])
@@ -279,7 +285,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
                 {"title": "GRPO: KL to the reference", "keys": ["kl"]}],
         rewards=[r.name for r in rewards], reward_weights=o.reward_weights, loss_type=o.loss_type,
         importance_sampling_level=o.importance_sampling_level, num_generations=o.num_generations,
-        rollouts=engine, rollout_work=vars(trainer.seek_rollout_stats) if engine == "grouped" else None, heldout_before=(before or {}).get("scores"),
+        rollouts=engine if trainer.seek_grouped or engine != "grouped" else "transformers", rollout_work=vars(trainer.seek_rollout_stats) if engine == "grouped" else None, heldout_before=(before or {}).get("scores"),
         heldout_after=(after or {}).get("scores"), samples=samples, nonfinite_skipped=health.nonfinite_total)
     return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
 
