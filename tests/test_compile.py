@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import tiny_config, train
-from seektune.engine.compile import AUTO_MIN_STEPS, compile_decision, decoder_layers
+from seektune.engine import compile as compile_mod
+from seektune.engine.compile import AUTO_MIN_STEPS, compile_decision, decoder_layers, has_cxx_compiler
 
 
-def test_auto_compiles_only_long_dense_runs():
+def test_auto_compiles_only_long_dense_runs(monkeypatch):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from seektune.models.presets import _tiny_deepseek_v3_config
@@ -22,10 +23,11 @@ def test_auto_compiles_only_long_dense_runs():
     assert len(decoder_layers(dense)) == 3
     assert compile_decision(True, dense, 1)[0] and not compile_decision(False, dense, 10_000)[0]
     assert not compile_decision("auto", dense, AUTO_MIN_STEPS - 1)[0]
-    assert compile_decision("auto", dense, AUTO_MIN_STEPS)[0] == (torch.cuda.is_available()
-                                                                 or bool(__import__("shutil").which("c++")
-                                                                         or __import__("shutil").which("g++")
-                                                                         or __import__("shutil").which("cc")))
+    assert compile_decision("auto", dense, AUTO_MIN_STEPS)[0] == (torch.cuda.is_available() or has_cxx_compiler())
+    monkeypatch.setattr(compile_mod, "has_cxx_compiler", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ok, why = compile_decision("auto", dense, AUTO_MIN_STEPS)
+    assert not ok and "C++" in why
     moe = AutoModelForCausalLM.from_config(_tiny_deepseek_v3_config(64))
     ok, why = compile_decision("auto", moe, 10_000)
     assert not ok and "MoE" in why

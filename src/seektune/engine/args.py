@@ -9,6 +9,7 @@ never loses more than a tenth of it and `--resume` has something to resume.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -121,8 +122,6 @@ def trl_args(config_cls, cfg, run_dir: Path, has_eval: bool, dist_kwargs: dict |
 
 def gpu_switch_problems(cfg) -> list[str]:
     """Why this machine cannot honour the GPU-only training switches (empty when it can or none is set)."""
-    import importlib.util
-
     t, out = cfg.train, []
     cuda = torch.cuda.is_available()
     if t.mixed_precision != "no":

@@ -30,6 +30,11 @@ def decoder_layers(model) -> list:
     return best
 
 
+def has_cxx_compiler() -> bool:
+    """Inductor's CPU backend writes C++ and needs a compiler to build it."""
+    return any(shutil.which(c) for c in ("g++", "c++", "cc"))
+
+
 def compile_decision(setting, model, planned_steps: int) -> tuple[bool, str]:
     """(compile?, why) for train.compile = true / false / auto."""
     if setting is False:
@@ -40,7 +45,7 @@ def compile_decision(setting, model, planned_steps: int) -> tuple[bool, str]:
         return True, "train.compile: true"
     if is_moe(model):
         return False, "auto: off for MoE models (routing changes the graphs every step)"
-    if not torch.cuda.is_available() and not (shutil.which("g++") or shutil.which("c++") or shutil.which("cc")):
+    if not torch.cuda.is_available() and not has_cxx_compiler():
         return False, "auto: off (no C++ compiler for inductor on this CPU machine)"
     if planned_steps < AUTO_MIN_STEPS:
         return False, f"auto: off ({planned_steps} steps < {AUTO_MIN_STEPS}: the ~1 min first-step compile would not pay back)"

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.kv_batch import keep_rows, left_padded, rows_droppable
+
 
 class UnsupportedCache(TypeError):
     """The model's KV cache cannot drop rows (sliding-window or static layers): decode with generate."""
@@ -43,12 +45,6 @@ class RolloutStats:
     prefill_tokens: int = 0
     steps: int = 0
     row_steps: int = 0
-
-
-def supports(cache) -> bool:
-    """Whether rows can be dropped from this cache mid-decode (transformers' DynamicCache of full layers)."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(la).__name__ == "DynamicLayer" for la in layers)
 
 
 def warp(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
@@ -99,21 +95,13 @@ def group_rollout(model, prompts: list[list[int]], sampling: Sampling, eos_ids: 
     unique: dict[tuple, int] = {}
     for p in prompts:
         unique.setdefault(tuple(p), len(unique))
-    distinct = [list(p) for p in unique]
-    width = max(len(p) for p in distinct)
-    ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(distinct), width), dtype=torch.long)
-    for i, p in enumerate(distinct):  # left padding: every prompt's last token is at the end
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, pos = left_padded([list(p) for p in unique], pad_id, device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **_last_logits_only(model))
     cache, logits = out.past_key_values, out.logits[:, -1, :]
-    stats.prompts += len(distinct)
+    stats.prompts += len(unique)
     stats.prefill_tokens += int(mask.sum())
     stats.completions += len(prompts)
-    if not supports(cache):
+    if not rows_droppable(cache):
         raise UnsupportedCache(f"{type(cache).__name__}: rows cannot be dropped from this model's KV cache")
     # one row per completion: the prompt's cache repeated for its group
     src = torch.tensor([unique[tuple(p)] for p in prompts], device=device)
@@ -139,14 +127,7 @@ def group_rollout(model, prompts: list[list[int]], sampling: Sampling, eos_ids: 
             break
         if len(keep) < len(live):
             idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
-            mask, pos, nxt = mask[idx], pos[idx], nxt[idx]
-            cols = mask.any(dim=0).nonzero()
-            k = int(cols[0]) if len(cols) else 0
-            if k > 0:  # columns that were padding for every remaining row
-                for la in cache.layers:
-                    la.keys, la.values = la.keys[:, :, k:, :], la.values[:, :, k:, :]
-                mask = mask[:, k:]
+            mask, pos, nxt = keep_rows(cache, mask, idx), pos[idx], nxt[idx]
             live = [live[r] for r in keep]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         pos = pos + 1

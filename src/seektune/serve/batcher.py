@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..models.kv_batch import keep_rows, left_padded, rows_droppable
+
 
 class QueueFullError(RuntimeError):
     """The bounded request queue is full (the server answers 503)."""
@@ -103,22 +105,9 @@ class Engine:
 
     def _prefill(self, reqs: list[GenRequest]):
         """Left-padded prefill of new rows: returns (cache, mask, last positions, next-token logits)."""
-        n = len(reqs)
-        width = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(reqs):  # left padding: every row's last prompt token is at the end
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = left_padded([r.prompt_ids for r in reqs], self.pad_id, self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         return out.past_key_values, mask, pos[:, -1:], out.logits[:, -1, :]
-
-    @staticmethod
-    def _joinable(cache) -> bool:
-        layers = getattr(cache, "layers", None)
-        return bool(layers) and all(type(la).__name__ == "DynamicLayer" for la in layers)
 
     @staticmethod
     def _merge(a, b):
@@ -137,15 +126,7 @@ class Engine:
     def _select(state, idx: torch.Tensor):
         """Keep the rows `idx`; drop KV columns that no remaining row attends to."""
         cache, mask, pos, logits = state
-        cache.batch_select_indices(idx)
-        mask, pos, logits = mask[idx], pos[idx], logits[idx]
-        live = mask.any(dim=0).nonzero()
-        k = int(live[0]) if len(live) else 0
-        if k > 0 and hasattr(cache, "layers"):
-            for la in cache.layers:
-                la.keys, la.values = la.keys[:, :, k:, :], la.values[:, :, k:, :]
-            mask = mask[:, k:]
-        return cache, mask, pos, logits
+        return cache, keep_rows(cache, mask, idx), pos[idx], logits[idx]
 
     def _generator(self, r: GenRequest) -> torch.Generator:
         g = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
@@ -183,7 +164,7 @@ class Engine:
         batch sizes), largest batch, requests, cancelled."""
         rows = [_Row(r, self._generator(r)) for r in reqs]
         state = self._prefill(reqs)
-        joinable = take_more is not None and self._joinable(state[0])
+        joinable = take_more is not None and rows_droppable(state[0])
         max_batch = max_batch or len(reqs)
         steps = row_steps = cancelled = 0
         largest, total = len(rows), len(rows)

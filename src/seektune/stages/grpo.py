@@ -62,8 +62,7 @@ def _trainer_cls():
                     out = self._grouped_rollout(prompt_ids)
                 except UnsupportedCache as e:
                     self.seek_grouped = False
-                    msg = f"grpo.generation: grouped: {e}; the rollouts use transformers generate"
-                    self.health.warn(msg) if self.health is not None else log(msg)
+                    self.health.warn(f"grpo.generation: grouped: {e}; the rollouts use transformers generate")
             if out is None:
                 out = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, **kw)
             dt = time.perf_counter() - t0
@@ -74,14 +73,12 @@ def _trainer_cls():
             return out
 
         def _grouped_rollout(self, prompt_ids):
-            """engine/rollout.py's group rollout with trl's sampling settings, inside trl's own unwrap (which
-            switches gradient checkpointing off so the KV cache is used)."""
+            """engine/rollout.py's group rollout with trl's sampling settings (seektune sets temperature, top_k
+            and top_p; trl's min_p and repetition_penalty stay at their neutral defaults), inside trl's own
+            unwrap (which switches gradient checkpointing off so the KV cache is used)."""
             from trl.models import unwrap_model_for_generation
 
             g = self.generation_config
-            if (g.min_p or 0) > 0 or (g.repetition_penalty or 1.0) != 1.0:
-                raise ValueError("grpo.generation: grouped samples with temperature/top_k/top_p only; min_p and "
-                                 "repetition_penalty need grpo.generation: transformers")
             sampling = Sampling(max_new_tokens=self.max_completion_length, temperature=g.temperature or 1.0,
                                 top_k=g.top_k or 0, top_p=1.0 if g.top_p is None else g.top_p)
             with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
@@ -250,6 +247,7 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
     t_train = time.time()
     out = trainer.train(resume_from_checkpoint=run.resume_from)
     train_s = time.time() - t_train
+    ran = "transformers" if engine == "grouped" and not trainer.seek_grouped else engine  # after a fallback
     after = heldout(trainer.model, tok, template, ev[0], ev[1], rewards, o, cfg) if cfg.eval.before_after else {}
     if after:
         log("held-out after (greedy): " + ", ".join(f"{k} {v}" for k, v in after["scores"].items()))
@@ -285,7 +283,8 @@ def run(cfg, run: RunFolder, progress: bool = True, callbacks: list | None = Non
                 {"title": "GRPO: KL to the reference", "keys": ["kl"]}],
         rewards=[r.name for r in rewards], reward_weights=o.reward_weights, loss_type=o.loss_type,
         importance_sampling_level=o.importance_sampling_level, num_generations=o.num_generations,
-        rollouts=engine if trainer.seek_grouped or engine != "grouped" else "transformers", rollout_work=vars(trainer.seek_rollout_stats) if engine == "grouped" else None, heldout_before=(before or {}).get("scores"),
+        rollouts=ran, rollout_work=vars(trainer.seek_rollout_stats) if ran == "grouped" else None,
+        heldout_before=(before or {}).get("scores"),
         heldout_after=(after or {}).get("scores"), samples=samples, nonfinite_skipped=health.nonfinite_total)
     return StageResult(summary, model=trainer.model, tokenizer=tok, trainer=trainer)
 
