@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
 SHARED = REPO.parent / "shared" / "data"
 LF_VENV = REPO / "bench" / "peers" / "llamafactory" / ".venv"
 SETUPS = {
@@ -72,6 +74,21 @@ JOB = {"r": 16, "alpha": 32, "max_length": 512, "batch": 8, "lr": 1e-4, "records
 
 
 # -- the machine --------------------------------------------------------------------------------
+def host_cpu() -> str:
+    """The CPU the table ran on: tables from different hosts of the same VM kind differ by up to 1.4x."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown CPU"
+    flags = set(info.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
+            f"{isa}, {float(info.get('cpu MHz', 0)):.0f} MHz)")
+
+
 def matmul_peak_gflops(threads: int, seconds: float = 3.0) -> float:
     """Best fp32 GEMM rate over square sizes, with the threads the jobs use."""
     import torch
@@ -131,7 +148,6 @@ def portable_model_dir(src: Path, dest: Path) -> str:
 
 
 def prepare(out: Path) -> tuple[str, Path]:
-    sys.path.insert(0, str(REPO / "src"))
     from seektune.models.presets import resolve_model_path
 
     model_dir = portable_model_dir(Path(resolve_model_path("smollm2-135m-instruct", log=lambda *a: None)),
@@ -160,7 +176,6 @@ def prepare(out: Path) -> tuple[str, Path]:
 
 # -- children: one setup each -------------------------------------------------------------------
 def child_seektune(a, overrides: dict) -> None:
-    sys.path.insert(0, str(REPO / "src"))
     sys.path.insert(0, str(REPO / "bench"))
     from seektune.engine.allocator import active, reexec_with
 
@@ -255,7 +270,6 @@ def run_child(setup: str, a, model_dir: str, data_dir: Path, out: Path, override
     else:
         cmd = [sys.executable, __file__, "--child", *common, "--overrides", json.dumps(overrides or {})]
         if setup.startswith("seektune"):  # the malloc `seektune train` would re-execute itself on (train.allocator)
-            sys.path.insert(0, str(REPO / "src"))
             from seektune.engine.allocator import choose, preload_env, returns_freed
 
             path, name = choose(overrides.get("train.allocator", "auto"))
@@ -351,7 +365,7 @@ def main():
     peak_end = matmul_peak_gflops(threads)
     best = max(peak, peak_end, a.peak or 0)  # MFU against the best rate seen: the conservative choice
     rows = [summarise(r, a.warmup, flops, best) for r in raw]
-    text = (f"{time.strftime('%Y-%m-%d')}; {threads} threads; fp32 matmul peak {best:.1f} GFLOP/s (best of "
+    text = (f"{time.strftime('%Y-%m-%d')}; {host_cpu()}; {threads} threads; fp32 matmul peak {best:.1f} GFLOP/s (best of "
             f"{peak:.1f} before and {peak_end:.1f} after the runs"
             + (f" and {a.peak:.1f} given by --peak" if a.peak else "") + f"); {a.warmup} warm-up + {a.steps} timed steps per setup; "
             f"model FLOPs {flops['per_real_token'] / 1e6:.0f} M per real token + "
