@@ -256,7 +256,8 @@ class TrainConfig(Section):
         "jemalloc/tcmalloc (they reuse freed pages at no memory cost); true on jemalloc purges pages idle for 10 s")
     compile: bool | Literal["auto"] = Field(
         "auto", description="sft: torch.compile each decoder layer (engine/compile.py; inductor writes C++ on CPU). "
-        "1.31x faster steps on SmolLM2 + LoRA on 2 cores after a ~1 min compile on the first step. auto = on for "
+        "SmolLM2 + LoRA on 2 cores: 1.14-1.31x faster steps on one host, none on another (docs/benchmarks.md), after "
+        "a ~1 min compile on the first step. auto = on for "
         "dense models with at least 200 optimizer steps (and a C++ compiler on CPU), falling back to eager if "
         "the compile fails")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(

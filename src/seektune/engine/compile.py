@@ -4,7 +4,8 @@ Compiling each transformer layer (not the whole model) lets dynamo compile the l
 reuse it for every layer, keeps peft, the fused loss and activation checkpointing outside the compiled
 graphs, and leaves graph breaks local. On CPU inductor writes C++ (fused element-wise work around the
 matmuls: RMSNorm, RoPE, SwiGLU, the LoRA additions). Measured on SmolLM2-135M + LoRA r16, batch 8 x 512,
-2 cores: 34.2 -> 26.2 s per step (1.31x) after a ~60 s compile on the first step (docs/benchmarks.md).
+2 cores: 34.2 -> 26.2 s per step (1.31x) after a ~60 s compile on the first step on one host; on another
+(Zen 3, AVX2) the benchmark's steps were no faster (docs/benchmarks.md).
 `auto` compiles only where that first-step cost pays back: a dense model, a C++ compiler on a CPU
 machine, and at least AUTO_MIN_STEPS optimizer steps; a failed compile there falls back to eager.
 """
