@@ -17,6 +17,10 @@ import shutil
 import torch
 
 AUTO_MIN_STEPS = 200
+# Every layer runs the same code object, so its compiled variants share dynamo's per-code limit (8 by default):
+# SmolLM2 training alone made 7 (layer 0's input needs no grad, checkpointed layers and their no-grad recompute),
+# and evaluation adds more, which past the limit would silently run eager.
+RECOMPILE_LIMIT = 32
 BACKEND = "inductor"  # tests' short form swaps in "aot_eager" (dynamo + autograd capture, no code generation)
 
 
@@ -55,10 +59,11 @@ def compile_decision(setting, model, planned_steps: int) -> tuple[bool, str]:
 
 def compile_layers(model, fallback_to_eager: bool) -> int:
     """Compile every decoder layer in place (nn.Module.compile); returns how many."""
-    if fallback_to_eager:
-        import torch._dynamo
+    import torch._dynamo
 
+    if fallback_to_eager:
         torch._dynamo.config.suppress_errors = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     layers = decoder_layers(model)
     for layer in layers:
         layer.compile(backend=BACKEND)
