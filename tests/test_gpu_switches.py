@@ -97,13 +97,16 @@ def test_on_a_gpu_the_switches_train_as_fp32_does(tmp_path, train, alpaca_file):
 def test_on_a_gpu_qlora_trains_on_a_quantised_base_and_its_adapter_reloads(tmp_path, alpaca_file, bits, layer_class):
     """adapter.quantize_base loads the frozen base through bitsandbytes; LoRA trains on it and final/ is a plain
     adapter that peft loads onto the same quantised base and reproduces the trained model's logits."""
-    import importlib.util
     import json
 
-    if importlib.util.find_spec("bitsandbytes") is None:
-        pytest.skip("bitsandbytes is not installed")
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from seektune.models.loader import _quantization_config, quantize_problem
+
+    problem = quantize_problem(bits)
+    if problem:
+        pytest.skip(problem)
 
     cfg = Config.model_validate({"model": {"name_or_path": "tiny-qwen2"}, "adapter": {"quantize_base": bits},
                                  "data": {"train": str(alpaca_file), "eval_ratio": 0.0},
@@ -121,9 +124,7 @@ def test_on_a_gpu_qlora_trains_on_a_quantised_base_and_its_adapter_reloads(tmp_p
 
     final = tmp_path / "run" / "final"
     acfg = json.loads((final / "adapter_config.json").read_text())
-    qc = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32) if bits == "4bit"
-          else BitsAndBytesConfig(load_in_8bit=True))
+    qc = _quantization_config(bits, torch.float32)  # what the run loaded its base with
     base = AutoModelForCausalLM.from_pretrained(acfg["base_model_name_or_path"], quantization_config=qc,
                                                 device_map={"": 0}, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(final))
