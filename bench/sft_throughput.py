@@ -63,6 +63,8 @@ LEVERS = {  # seektune with one lever changed, to measure what each is worth
     "seektune-jemalloc-return": {"train.allocator": "jemalloc", "train.return_freed_memory": True},
     "seektune-tcmalloc": {"train.allocator": "tcmalloc"},
     "seektune-tcmalloc-return": {"train.allocator": "tcmalloc", "train.return_freed_memory": True},
+    # torch's own transparent huge pages (madvise on its buffers >= 2 MB) on top of tcmalloc's page reuse
+    "seektune-tcmalloc-thp": {"train.allocator": "tcmalloc", "env:THP_MEM_ALLOC_ENABLE": "1"},
     # jemalloc's own defaults (arenas cache freed pages, purged after 10 s) instead of torch run_cpu's
     # oversize_threshold:1, which sends every allocation to the arena that returns pages at once
     "seektune-jemalloc-defaults": {"train.allocator": "jemalloc", "env:MALLOC_CONF": "background_thread:true"},
